@@ -1,0 +1,3 @@
+"""finetuner: a guided wizard for fine-tuning and distilling causal language models."""
+
+__version__ = "2.1.0"

@@ -1,0 +1,243 @@
+"""RunConfig: the one home of every setting's type, default and allowed range.
+
+An answers file, `--set` overrides and typed answers all become a RunConfig through
+`coerce` (types) and `check_field` (ranges); `cross_check` covers rules that span fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from dataclasses import dataclass, fields
+from typing import Any, Optional
+
+BUILTIN_MODEL = "smollm2-135m-instruct"
+BUILTIN_DATASET = "gsm8k"
+APPROACHES = ("fine-tuning", "distillation")
+METHODS = ("lora", "qlora", "adalora")
+QUANTIZATIONS = ("4bit", "8bit")
+STUDENT_TRAINING = ("full", "lora")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    approach: str = "fine-tuning"
+    # Fine-tuning
+    model: str = BUILTIN_MODEL
+    method: str = "lora"
+    # Distillation
+    teacher: str = BUILTIN_MODEL
+    student: str = BUILTIN_MODEL
+    student_layers: Optional[int] = 15
+    student_training: str = "full"
+    temperature: float = 2.0
+    alpha: float = 0.5
+    output_dir: str = "finetuner-output"
+    # Data
+    dataset: str = BUILTIN_DATASET
+    dataset_config: Optional[str] = None
+    dataset_split: str = "train"
+    dataset_files: Optional[str] = None
+    max_samples: int = 1000
+    max_length: int = 512
+    eval_fraction: float = 0.1
+    # Method settings
+    lora_r: int = 8
+    lora_alpha: int = 32
+    lora_dropout: float = 0.1
+    quantization: str = "4bit"
+    adalora_init_r: int = 12
+    adalora_target_r: int = 8
+    merge_adapter: bool = True
+    # Training
+    epochs: int = 3
+    batch_size: int = 4
+    learning_rate: float = 2e-4
+    gradient_accumulation: int = 4
+    max_steps: Optional[int] = None
+    seed: int = 42
+    # Benchmark and upload
+    benchmark: bool = True
+    benchmark_samples: int = 50
+    max_new_tokens: int = 64
+    upload: bool = False
+    hub_repo: Optional[str] = None
+    hub_private: bool = True
+
+    def __post_init__(self) -> None:
+        problems = [f"{f.name}: {msg}" for f in fields(self)
+                    if (msg := check_field(f.name, getattr(self, f.name)))]
+        problems += cross_check(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def is_distillation(self) -> bool:
+        return self.approach == "distillation"
+
+    @property
+    def uses_lora(self) -> bool:
+        return self.student_training == "lora" if self.is_distillation else True
+
+    def to_answers(self) -> dict[str, Any]:
+        """Only the settings that apply to this approach, in question order."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if applies(k, self)}
+
+
+FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
+_TYPES = typing.get_type_hints(RunConfig)
+
+# QLoRA trains a frozen quantised base, so it wants a larger adapter (QLoRA paper: r 16/alpha 64).
+_METHOD_DEFAULTS = {"qlora": {"lora_r": 16, "lora_alpha": 64}}
+
+
+def default_for(key: str, answers: dict[str, Any]) -> Any:
+    """The default of `key` given the answers so far (some defaults depend on the method)."""
+    if key == "student_layers" and answers.get("student", BUILTIN_MODEL) != answers.get("teacher", BUILTIN_MODEL):
+        return None
+    if key == "student" and "teacher" in answers:
+        return answers["teacher"]
+    method = answers.get("method") if answers.get("approach", "fine-tuning") == "fine-tuning" else None
+    overrides = _METHOD_DEFAULTS.get(method or "", {})
+    if key in overrides:
+        return overrides[key]
+    return RunConfig.__dataclass_fields__[key].default
+
+
+def applies(key: str, answers: Any) -> bool:
+    """Whether a setting means anything for these answers (a dict or a RunConfig)."""
+    get = answers.get if isinstance(answers, dict) else lambda k, d=None: getattr(answers, k, d)
+    distill = get("approach", "fine-tuning") == "distillation"
+    method = get("method", "lora")
+    if key in ("model", "method"):
+        return not distill
+    if key in ("teacher", "student", "student_layers", "student_training", "temperature", "alpha"):
+        return distill
+    uses_lora = get("student_training", "full") == "lora" if distill else True
+    if key in ("lora_r", "lora_alpha", "lora_dropout"):
+        return uses_lora and (distill or method in ("lora", "qlora"))
+    if key == "merge_adapter":
+        return uses_lora
+    if key == "quantization":
+        return not distill and method == "qlora"
+    if key in ("adalora_init_r", "adalora_target_r"):
+        return not distill and method == "adalora"
+    if key in ("dataset_config", "dataset_split", "dataset_files"):
+        from finetuner.sources import dataset_kind
+
+        return dataset_kind(get("dataset", BUILTIN_DATASET)) == "hub"
+    if key in ("benchmark_samples", "max_new_tokens"):
+        return bool(get("benchmark", True))
+    if key in ("hub_repo", "hub_private"):
+        return bool(get("upload", False))
+    return True
+
+
+def coerce(key: str, raw: Any) -> Any:
+    """Cast a raw answer (YAML value or `--set` string) to the field's type, or raise ValueError."""
+    if key not in _TYPES:
+        raise ValueError("unknown setting")
+    kind = _TYPES[key]
+    optional = typing.get_origin(kind) is typing.Union and type(None) in typing.get_args(kind)
+    if optional:
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "null", "none", "~")):
+            return None
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.strip().lower() in ("true", "yes", "y", "on", "1"):
+            return True
+        if isinstance(raw, str) and raw.strip().lower() in ("false", "no", "n", "off", "0"):
+            return False
+        raise ValueError(f"expected true or false, got {raw!r}")
+    if kind is int:
+        if isinstance(raw, bool):
+            raise ValueError(f"expected a whole number, got {raw!r}")
+        if isinstance(raw, int):
+            return raw
+        if isinstance(raw, float) and raw.is_integer():
+            return int(raw)
+        if isinstance(raw, str) and re.fullmatch(r"\s*[+-]?\d+\s*", raw):
+            return int(raw)
+        raise ValueError(f"expected a whole number, got {raw!r}")
+    if kind is float:
+        if isinstance(raw, bool):
+            raise ValueError(f"expected a number, got {raw!r}")
+        if isinstance(raw, (int, float)):
+            return float(raw)
+        if isinstance(raw, str):
+            try:
+                return float(raw)
+            except ValueError:
+                pass
+        raise ValueError(f"expected a number, got {raw!r}")
+    if kind is str:
+        if isinstance(raw, str) and raw.strip():
+            return raw.strip()
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            return str(raw)
+        raise ValueError(f"expected text, got {raw!r}")
+    raise TypeError(f"no cast for {key}: {kind}")  # a bug: a field type coerce doesn't know
+
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
+
+
+def check_field(key: str, value: Any) -> str | None:
+    """Why `value` is not allowed for `key`, or None when it is."""
+    choices = {"approach": APPROACHES, "method": METHODS, "quantization": QUANTIZATIONS,
+               "student_training": STUDENT_TRAINING}
+    if key in choices and value not in choices[key]:
+        return f"must be one of {', '.join(choices[key])} (got {value!r})"
+    if value is None:
+        return None
+    if key == "temperature" and not value > 0:
+        return f"must be greater than 0 (got {value})"
+    if key == "alpha" and not 0 <= value <= 1:
+        return f"must be between 0 and 1 (got {value})"
+    if key == "learning_rate" and not 0 < value < 1:
+        return f"must be between 0 and 1, exclusive (got {value})"
+    if key == "lora_dropout" and not 0 <= value < 1:
+        return f"must be in [0, 1) (got {value})"
+    if key == "eval_fraction" and not 0 <= value < 1:
+        return f"must be in [0, 1) (got {value})"
+    at_least_one = ("epochs", "batch_size", "gradient_accumulation", "max_samples", "lora_r", "lora_alpha",
+                    "adalora_init_r", "adalora_target_r", "benchmark_samples", "max_new_tokens", "max_steps",
+                    "student_layers")
+    if key in at_least_one and value < 1:
+        return f"must be at least 1 (got {value})"
+    if key == "max_length" and value < 16:
+        return f"must be at least 16 tokens (got {value})"
+    if key == "hub_repo" and not _REPO_ID.match(value):
+        return f"must look like 'username/model-name' (got {value!r})"
+    if key == "dataset":
+        from finetuner.sources import check_dataset
+
+        return check_dataset(value)
+    return None
+
+
+def cross_check(cfg: Any) -> list[str]:
+    """Rules that span fields. `cfg` may be a RunConfig or a dict of answers."""
+    get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
+    problems = []
+    distill = get("approach") == "distillation"
+    if distill and get("teacher") == get("student") and get("student_layers") is None:
+        problems.append("student: the student is the teacher itself; choose a smaller model, "
+                        "or set student_layers to derive one by keeping fewer layers")
+    if not distill and get("method") == "adalora" and get("adalora_target_r", 8) > get("adalora_init_r", 12):
+        problems.append("adalora_target_r: must not exceed adalora_init_r")
+    if get("upload") and not get("hub_repo"):
+        problems.append("hub_repo: needed when upload is on (e.g. 'username/my-model')")
+    return problems
+
+
+def warnings_for(cfg: RunConfig) -> list[str]:
+    """Allowed but unusual settings worth a word."""
+    notes = []
+    if cfg.is_distillation and not 1 <= cfg.temperature <= 5:
+        notes.append(f"temperature {cfg.temperature} is outside the usual 1-5; soft targets will be "
+                     f"{'nearly one-hot' if cfg.temperature < 1 else 'nearly uniform'}")
+    return notes

@@ -1,0 +1,71 @@
+"""The one console, the one user-facing error type, and the summary table.
+
+Everything the user reads goes through `console`. User strings are printed with
+markup=False so a model id like `[org/model]` is never read as rich markup.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Iterable, Mapping
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+class UserError(Exception):
+    """A problem the user can fix. Shown as one line plus a hint, never as a traceback."""
+
+    def __init__(self, message: str, hint: str | None = None, details: Iterable[str] = ()):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.details = list(details)
+
+
+def is_interactive() -> bool:
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def step(text: str) -> None:
+    console.print(f"[bold cyan]▶[/] {_escape(text)}")
+
+
+def info(text: str) -> None:
+    console.print(text, markup=False)
+
+
+def success(text: str) -> None:
+    console.print(f"[bold green]✔[/] {_escape(text)}")
+
+
+def warning(text: str) -> None:
+    console.print(f"[bold yellow]![/] {_escape(text)}")
+
+
+def error(err: UserError) -> None:
+    err_console.print(f"[bold red]Error:[/] {_escape(err.message)}")
+    for line in err.details:
+        err_console.print(f"  - {_escape(line)}")
+    if err.hint:
+        err_console.print(f"[dim]Hint:[/] {_escape(err.hint)}")
+
+
+def table(title: str, rows: Mapping[str, object] | Iterable[tuple[str, object]]) -> None:
+    """A two-column key/value table (the run summary, the training result)."""
+    items = rows.items() if isinstance(rows, Mapping) else rows
+    grid = Table(title=title, show_header=False, title_justify="left")
+    grid.add_column(style="bold")
+    grid.add_column()
+    for key, value in items:
+        grid.add_row(str(key), "-" if value is None else str(value))
+    console.print(grid)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(str(text))

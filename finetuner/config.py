@@ -30,9 +30,6 @@ class RunConfig:
     teacher: str = BUILTIN_MODEL
     student: str = BUILTIN_MODEL
     student_layers: Optional[int] = 15
-    student_training: str = "full"
-    temperature: float = 2.0
-    alpha: float = 0.5
     output_dir: str = "finetuner-output"
     # Data
     dataset: str = BUILTIN_DATASET
@@ -41,7 +38,10 @@ class RunConfig:
     dataset_files: Optional[str] = None
     max_samples: int = 1000
     max_length: int = 512
-    eval_fraction: float = 0.1
+    # Distillation settings
+    temperature: float = 2.0
+    alpha: float = 0.5
+    student_training: str = "full"
     # Method settings
     lora_r: int = 8
     lora_alpha: int = 32
@@ -49,25 +49,27 @@ class RunConfig:
     quantization: str = "4bit"
     adalora_init_r: int = 12
     adalora_target_r: int = 8
-    merge_adapter: bool = True
     # Training
     epochs: int = 3
     batch_size: int = 4
     learning_rate: float = 2e-4
     gradient_accumulation: int = 4
-    max_steps: Optional[int] = None
-    seed: int = 42
     # Benchmark and upload
     benchmark: bool = True
     benchmark_samples: int = 50
-    max_new_tokens: int = 64
     upload: bool = False
     hub_repo: Optional[str] = None
     hub_private: bool = True
+    # Advanced (answers file or --set only)
+    eval_fraction: float = 0.1
+    merge_adapter: bool = True
+    max_steps: Optional[int] = None
+    seed: int = 42
+    max_new_tokens: int = 64
 
     def __post_init__(self) -> None:
         problems = [f"{f.name}: {msg}" for f in fields(self)
-                    if (msg := check_field(f.name, getattr(self, f.name)))]
+                    if applies(f.name, self) and (msg := check_field(f.name, getattr(self, f.name)))]
         problems += cross_check(self)
         if problems:
             raise ValueError("; ".join(problems))
@@ -225,8 +227,18 @@ def cross_check(cfg: Any) -> list[str]:
     problems = []
     distill = get("approach") == "distillation"
     if distill and get("teacher") == get("student") and get("student_layers") is None:
-        problems.append("student: the student is the teacher itself; choose a smaller model, "
-                        "or set student_layers to derive one by keeping fewer layers")
+        problems.append("student_layers: the student is the teacher itself with all its layers; keep fewer "
+                        "layers (student_layers) or choose a smaller student model")
+    if distill and get("student_layers") is not None:
+        from finetuner.sources import layer_count
+
+        available = layer_count(get("student"))
+        if available is not None and get("student_layers") > available:
+            problems.append(f"student_layers: {get('student')} has only {available} layers "
+                            f"(asked to keep {get('student_layers')})")
+        elif get("teacher") == get("student") and available == get("student_layers"):
+            problems.append("student_layers: keeping all the teacher's layers makes the student the teacher; "
+                            "keep fewer")
     if not distill and get("method") == "adalora" and get("adalora_target_r", 8) > get("adalora_init_r", 12):
         problems.append("adalora_target_r: must not exceed adalora_init_r")
     if get("upload") and not get("hub_repo"):

@@ -1,0 +1,107 @@
+"""The wizard's questions as data: wording and order live here; types, defaults and
+ranges live in config.py. The same Question drives the prompt, replay and validation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from finetuner.config import applies, default_for
+from finetuner.sources import BUILTIN_DATASETS, BUILTIN_MODELS, layer_count
+
+Answers = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Question:
+    key: str
+    prompt: str | Callable[[Answers], str]
+    kind: str = "text"  # text | select | confirm | secret
+    choices: tuple[tuple[str, Any], ...] = ()  # (title, value)
+    help: str | None = None
+    ask: bool = True  # False: settable by file or --set only (advanced)
+    secret: bool = False  # never written to an answers file
+    default: Callable[[Answers], Any] | None = None  # overrides config.default_for
+
+    def applies(self, answers: Answers) -> bool:
+        return self.secret or applies(self.key, answers)
+
+    def default_value(self, answers: Answers) -> Any:
+        return self.default(answers) if self.default else default_for(self.key, answers)
+
+    def text(self, answers: Answers) -> str:
+        return self.prompt(answers) if callable(self.prompt) else self.prompt
+
+
+def _half_of_teacher(answers: Answers) -> int | None:
+    if answers.get("student") != answers.get("teacher"):
+        return None
+    layers = layer_count(answers.get("teacher", ""))
+    return max(1, layers // 2) if layers else default_for("student_layers", answers)
+
+
+def _student_layers_prompt(answers: Answers) -> str:
+    if answers.get("student") == answers.get("teacher"):
+        total = layer_count(answers["teacher"])
+        of = f" of its {total}" if total else ""
+        return f"Derive the student by keeping how many{of} decoder layers?"
+    return "Keep how many decoder layers of the student? (Enter keeps all)"
+
+
+_MODELS_HINT = f"built-in: {', '.join(BUILTIN_MODELS)} (works offline), a local directory, or a Hub id"
+_DATA_HINT = (f"built-in: {', '.join(BUILTIN_DATASETS)} (works offline), a local .json/.jsonl/.csv/.txt/.parquet "
+              "file, or a Hub dataset id")
+
+QUESTIONS: tuple[Question, ...] = (
+    Question("approach", "Step 0 - what do you want to do?", "select",
+             (("Fine-tuning: adapt a model to your data (LoRA, QLoRA, AdaLoRA)", "fine-tuning"),
+              ("Distillation: teach a smaller student to imitate a larger teacher", "distillation")),
+             help="Fine-tune when you want a better model of the same size; distill when you want a smaller, "
+                  "faster model that keeps most of a bigger one's quality."),
+    Question("model", "Model to fine-tune", help=_MODELS_HINT),
+    Question("method", "Method", "select",
+             (("LoRA: small trainable adapters on a frozen model", "lora"),
+              ("QLoRA: LoRA on a 4/8-bit quantised model (least memory)", "qlora"),
+              ("AdaLoRA: LoRA that moves rank to where it helps", "adalora"))),
+    Question("teacher", "Teacher model (the larger one)", help=_MODELS_HINT),
+    Question("student", "Student model (Enter derives it from the teacher)", help=_MODELS_HINT),
+    Question("student_layers", _student_layers_prompt, default=_half_of_teacher,
+             help="DistilBERT-style: keep evenly spaced layers of the teacher, first and last included."),
+    Question("output_dir", "Output directory"),
+    Question("dataset", "Dataset", help=_DATA_HINT),
+    Question("dataset_config", "Dataset config name (Enter for none)"),
+    Question("dataset_split", "Dataset split"),
+    Question("dataset_files", "Data files pattern within the dataset (Enter for all)"),
+    Question("max_samples", "How many samples to use"),
+    Question("max_length", "Maximum sequence length (tokens)"),
+    Question("temperature", "Temperature (softens both models' distributions; usually 1-5)"),
+    Question("alpha", "Alpha (weight of the hard-label loss; 1 = plain fine-tuning, 0 = pure distillation)"),
+    Question("student_training", "How should the student train?", "select",
+             (("All weights (best quality)", "full"), ("LoRA adapters (less memory)", "lora"))),
+    Question("lora_r", "LoRA rank r"),
+    Question("lora_alpha", "LoRA alpha"),
+    Question("lora_dropout", "LoRA dropout"),
+    Question("quantization", "Quantisation", "select",
+             (("4-bit NF4 (least memory)", "4bit"), ("8-bit", "8bit"))),
+    Question("adalora_init_r", "AdaLoRA initial rank"),
+    Question("adalora_target_r", "AdaLoRA target (average) rank"),
+    Question("epochs", "Epochs"),
+    Question("batch_size", "Batch size"),
+    Question("learning_rate", "Learning rate"),
+    Question("gradient_accumulation", "Gradient accumulation steps"),
+    Question("benchmark", "Benchmark with ROUGE on held-out data after training?", "confirm"),
+    Question("benchmark_samples", "How many held-out samples to benchmark"),
+    Question("upload", "Upload the result to the Hugging Face Hub?", "confirm"),
+    Question("hub_repo", "Hub repository id (username/model-name)"),
+    Question("hub_private", "Make the repository private?", "confirm"),
+    # Advanced settings: from an answers file or --set only.
+    Question("eval_fraction", "Held-out fraction", ask=False),
+    Question("merge_adapter", "Also save a merged model", ask=False),
+    Question("max_steps", "Stop after this many optimizer steps", ask=False),
+    Question("seed", "Random seed", ask=False),
+    Question("max_new_tokens", "Tokens to generate per benchmark prompt", ask=False),
+)
+
+# The Hub token is asked only when no token is configured, and never saved.
+HUB_TOKEN = Question("hub_token", "Hugging Face token (hidden; write access)", "secret", secret=True,
+                     default=lambda answers: None)

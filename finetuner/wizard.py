@@ -1,0 +1,189 @@
+"""One loop resolves every answer, whether it comes from a file, `--set`, a prompt or a default;
+plus the answers-file dump/load pair that makes every run replayable.
+
+Resolution order per question: skip if it doesn't apply -> value given -> ask (on a terminal)
+-> default (`--defaults` or advanced settings) -> report as missing.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from finetuner import ui
+from finetuner.config import FIELD_NAMES, check_field, coerce, cross_check
+from finetuner.questions import HUB_TOKEN, QUESTIONS, Answers, Question
+from finetuner.sources import check_model
+
+ANSWERS_FILE = "finetuner-answers.yaml"
+Check = Callable[[Any], "str | None"]
+Ask = Callable[[Question, Any, Answers], Any]
+
+
+# ---- answers files --------------------------------------------------------------------------
+
+def load_answers(path: str | os.PathLike) -> Answers:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ui.UserError(f"answers file not found: {path}", hint="check the path given to --answers")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ui.UserError(f"can't read answers file {path}: {exc}")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        raise ui.UserError(f"answers file {path} is not valid YAML{line}",
+                           hint="it should be flat 'key: value' lines, as finetuner writes them")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ui.UserError(f"answers file {path} must be a mapping of setting: value, "
+                           f"not a {type(data).__name__}")
+    return {str(k): v for k, v in data.items()}
+
+
+def save_answers(path: str | os.PathLike, answers: Answers) -> Path:
+    """Write answers atomically (temp file + rename), never including secrets."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret_keys = {q.key for q in (*QUESTIONS, HUB_TOKEN) if q.secret}
+    public = {k: v for k, v in answers.items() if k not in secret_keys}
+    body = ("# finetuner answers: replay with  python finetune_cli.py --answers " + str(path) + "\n"
+            + yaml.safe_dump(public, sort_keys=False, allow_unicode=True))
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as tmp:
+        tmp.write(body)
+    os.replace(tmp.name, path)
+    return path
+
+
+def parse_overrides(items: list[str]) -> Answers:
+    """`--set KEY=VALUE` pairs; values stay strings and are typed like any other answer."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ui.UserError(f"--set {item!r} is not KEY=VALUE", hint="e.g. --set epochs=1")
+        overrides[key.strip()] = value
+    return overrides
+
+
+# ---- validation -----------------------------------------------------------------------------
+
+_MODEL_KEYS = ("model", "teacher", "student")
+
+
+def accept(question: Question, raw: Any, answers: Answers, checks: dict[str, Check]) -> tuple[Any, str | None]:
+    """Type and validate one answer: the same path for typed, file and --set answers."""
+    if question.secret:
+        return (raw, None) if isinstance(raw, str) and raw.strip() else (None, "must not be empty")
+    try:
+        value = coerce(question.key, raw)
+    except ValueError as exc:
+        return None, str(exc)
+    problem = check_field(question.key, value)
+    if problem is None and question.key in _MODEL_KEYS:
+        problem = check_model(value)
+    if problem is None and question.key in checks:
+        problem = checks[question.key](value)
+    return value, problem
+
+
+def _did_you_mean(key: str) -> str:
+    close = difflib.get_close_matches(key, FIELD_NAMES, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# ---- the loop -------------------------------------------------------------------------------
+
+def resolve(given: Answers, ask: Ask | None, use_defaults: bool = False,
+            checks: dict[str, Check] | None = None, token_found: Callable[[], bool] = lambda: True,
+            ) -> tuple[Answers, Answers]:
+    """Resolve every setting. Returns (answers, secrets).
+
+    `ask` is None when there is no terminal: then every missing or invalid key is
+    collected and reported at once in a single UserError.
+    """
+    checks = checks or {}
+    problems = [f"{k}: unknown setting{_did_you_mean(k)}" for k in given
+                if k not in FIELD_NAMES and k != HUB_TOKEN.key]
+    answers: Answers = {}
+    for question in QUESTIONS:
+        if not question.applies(answers):
+            continue
+        value = _resolve_one(question, given, answers, ask, use_defaults, checks, problems)
+        answers[question.key] = value
+
+    if ask is None:
+        flagged = {p.split(":", 1)[0] for p in problems}
+        problems += [p for p in cross_check(answers) if p.split(":", 1)[0] not in flagged]
+    else:
+        answers = _reask_cross_problems(answers, ask, checks)
+
+    secrets: Answers = {}
+    if answers.get("upload") and not token_found():
+        if HUB_TOKEN.key in given:
+            secrets[HUB_TOKEN.key] = given[HUB_TOKEN.key]
+        elif ask is not None:
+            secrets[HUB_TOKEN.key] = _prompt_until_valid(HUB_TOKEN, answers, ask, checks)
+        else:
+            problems.append("upload: no Hugging Face token found; set HF_TOKEN or run `hf auth login`")
+
+    if problems:
+        raise ui.UserError(f"{len(problems)} setting{'s' if len(problems) > 1 else ''} need fixing",
+                           hint="fix them in the answers file or with --set KEY=VALUE "
+                                "(--defaults takes the default for anything missing)",
+                           details=problems)
+    return answers, secrets
+
+
+def _resolve_one(question: Question, given: Answers, answers: Answers, ask: Ask | None,
+                 use_defaults: bool, checks: dict[str, Check], problems: list[str]) -> Any:
+    default = question.default_value(answers)
+    if question.key in given:
+        value, problem = accept(question, given[question.key], answers, checks)
+        if problem is None:
+            return value
+        if ask is None or not question.ask:
+            problems.append(f"{question.key}: {problem}")
+            return default  # keep going so every other problem is reported too
+        ui.warning(f"{question.key} = {given[question.key]!r} from the answers: {problem}")
+    elif not question.ask or use_defaults:
+        value, problem = accept(question, default, answers, checks) if default is not None else (None, None)
+        if problem is None:
+            return default
+        if ask is None:
+            problems.append(f"{question.key}: default {default!r} {problem}")
+            return default
+    elif ask is None:
+        problems.append(f"{question.key}: missing (default would be {default!r})")
+        return default
+    return _prompt_until_valid(question, answers, ask, checks)
+
+
+def _prompt_until_valid(question: Question, answers: Answers, ask: Ask, checks: dict[str, Check]) -> Any:
+    while True:
+        raw = ask(question, question.default_value(answers), answers)
+        value, problem = accept(question, raw, answers, checks)
+        if problem is None:
+            return value
+        ui.warning(f"{question.key}: {problem}")
+
+
+def _reask_cross_problems(answers: Answers, ask: Ask, checks: dict[str, Check]) -> Answers:
+    for _ in range(5):
+        problems = cross_check(answers)
+        if not problems:
+            break
+        key, message = problems[0].split(":", 1)
+        ui.warning(f"{key}:{message}")
+        question = next(q for q in QUESTIONS if q.key == key)
+        answers[key] = _prompt_until_valid(question, answers, ask, checks)
+    return answers

@@ -155,9 +155,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def benchmark_only(out_dir: str, show_samples: int) -> int:
+    cfg = config_of(out_dir)
     from finetuner.evaluation import benchmark_output
 
-    cfg = config_of(out_dir)
     benchmark_output(cfg, out_dir, show_samples=show_samples)
     return 0
 

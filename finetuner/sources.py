@@ -20,9 +20,10 @@ _HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 
 
 def _looks_like_path(name: str) -> bool:
+    # A letters-only suffix (".xlsx", ".jsonl") reads as a file; Hub ids like "Qwen2.5-0.5B" have digits there.
+    suffix = Path(name).suffix[1:]
     return (os.path.exists(os.path.expanduser(name)) or name.startswith((".", "/", "~"))
-            or Path(name).suffix != "" and not _HUB_ID.match(name)
-            or Path(name).suffix.lower() in DATA_EXTENSIONS or name.count("/") > 1)
+            or (suffix.isalpha() and len(suffix) <= 8) or name.count("/") > 1 or not _HUB_ID.match(name))
 
 
 def package_file(package: str, relative: str) -> Path | None:

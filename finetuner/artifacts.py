@@ -1,0 +1,72 @@
+"""Files a run leaves in its output directory, each written atomically (temp file + rename)
+so a crash never leaves a half-written file behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+HELDOUT_FILE = "heldout.jsonl"
+TRAINING_LOG = "training_log.json"
+LOSS_CURVE = "loss_curve.png"
+MODEL_DIR = "model"
+ADAPTER_DIR = "adapter"
+CHECKPOINTS_DIR = "checkpoints"
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as tmp:
+        tmp.write(text)
+    os.replace(tmp.name, path)
+    return path
+
+
+def write_json(path: Path, data) -> Path:
+    return write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def write_heldout(out_dir: Path, rows: list[dict]) -> Path:
+    return write_text_atomic(out_dir / HELDOUT_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def read_heldout(out_dir: Path) -> list[dict]:
+    path = Path(out_dir) / HELDOUT_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def read_training_log(out_dir: Path) -> dict | None:
+    path = Path(out_dir) / TRAINING_LOG
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def plot_loss(log_history: list[dict], path: Path) -> Path | None:
+    """Loss per step (and CE/KL when distilling) as a PNG."""
+    series = {name: [(e["step"], e[name]) for e in log_history if name in e and "step" in e]
+              for name in ("loss", "ce", "kl")}
+    series = {k: v for k, v in series.items() if v}
+    if not series:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, points in series.items():
+        ax.plot([s for s, _ in points], [v for _, v in points], label=name)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_title("Training loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,120 @@
+"""The command line without a terminal: replay, overrides, dry-run and every bad input.
+Each runs the real entry point in a subprocess, as CI or a user's script would."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args, cwd=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    return subprocess.run([sys.executable, str(ROOT / "finetune_cli.py"), *args], cwd=cwd or ROOT, env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+
+
+def write_answers(path, **answers):
+    path.write_text(yaml.safe_dump(answers))
+    return path
+
+
+def assert_user_error(result, fragment):
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert fragment in result.stderr, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_dry_run_with_defaults_validates_and_loads_nothing(tmp_path):
+    result = cli("--defaults", "--dry-run", "--set", f"output_dir={tmp_path / 'out'}")
+    assert result.returncode == 0, result.stderr
+    assert "Dry run" in result.stdout and "smollm2-135m-instruct" in result.stdout
+    assert not (tmp_path / "out").exists()
+
+
+def test_replay_with_override(tmp_path):
+    answers = write_answers(tmp_path / "a.yaml", approach="distillation", output_dir=str(tmp_path / "o"), epochs=3)
+    result = cli("--answers", str(answers), "--defaults", "--dry-run", "--set", "epochs=1", "--set", "alpha=0.9")
+    assert result.returncode == 0, result.stderr
+    plan = result.stdout
+    assert "│ epochs" in plan and "│ 1 " in plan.split("│ epochs", 1)[1].splitlines()[0]
+    assert "0.9" in plan.split("│ alpha", 1)[1].splitlines()[0]
+
+
+def test_missing_keys_without_a_terminal_are_all_reported(tmp_path):
+    answers = write_answers(tmp_path / "a.yaml", approach="distillation")
+    result = cli("--answers", str(answers), "--dry-run")
+    assert_user_error(result, "settings need fixing")
+    for key in ("output_dir", "dataset", "epochs", "temperature"):
+        assert f"{key}: missing" in result.stderr
+
+
+@pytest.mark.parametrize("setting,fragment", [
+    ("temperature=0", "temperature: must be greater than 0"),
+    ("temperature=-2", "temperature: must be greater than 0"),
+    ("alpha=1.5", "alpha: must be between 0 and 1"),
+    ("epochs=0", "epochs: must be at least 1"),
+    ("batch_size=0", "batch_size: must be at least 1"),
+    ("learning_rate=1", "learning_rate: must be between 0 and 1"),
+    ("learning_rate=0", "learning_rate: must be between 0 and 1"),
+    ("epochs=three", "epochs: expected a whole number"),
+    ("colour=red", "colour: unknown setting"),
+    ("dataset=missing.jsonl", "dataset: no such file"),
+    ("dataset=data.xlsx", "dataset: unsupported file type"),
+    ("student_layers=null", "student_layers: the student is the teacher itself"),
+    ("student_layers=31", "has only 30 layers"),
+])
+def test_bad_values_get_one_clear_line(tmp_path, setting, fragment):
+    result = cli("--defaults", "--dry-run", "--set", "approach=distillation", "--set",
+                 f"output_dir={tmp_path / 'o'}", "--set", setting)
+    assert_user_error(result, fragment)
+
+
+def test_unusual_temperature_warns_but_runs(tmp_path):
+    result = cli("--defaults", "--dry-run", "--set", "approach=distillation", "--set", "temperature=8",
+                 "--set", f"output_dir={tmp_path / 'o'}")
+    assert result.returncode == 0 and "outside the usual 1-5" in result.stdout
+
+
+def test_wrong_types_in_the_answers_file(tmp_path):
+    answers = write_answers(tmp_path / "a.yaml", approach="fine-tuning", epochs=[1, 2], benchmark="perhaps")
+    result = cli("--answers", str(answers), "--defaults", "--dry-run")
+    assert_user_error(result, "epochs: expected a whole number")
+    assert "benchmark: expected true or false" in result.stderr
+
+
+@pytest.mark.parametrize("content,fragment", [("approach: [", "not valid YAML"), ("just text", "must be a mapping")])
+def test_malformed_answers_file(tmp_path, content, fragment):
+    path = tmp_path / "a.yaml"
+    path.write_text(content)
+    assert_user_error(cli("--answers", str(path), "--dry-run"), fragment)
+
+
+def test_unreadable_answers_file(tmp_path):
+    assert_user_error(cli("--answers", str(tmp_path / "none.yaml")), "answers file not found")
+    (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00bad")
+    assert_user_error(cli("--answers", str(tmp_path / "binary.yaml")), "can't read answers file")
+
+
+def test_non_empty_output_dir_is_refused_in_replay_unless_overwrite(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    result = cli("--defaults", "--dry-run", "--set", f"output_dir={out}")
+    assert_user_error(result, "exists and is not empty; pass --overwrite")
+    assert cli("--defaults", "--dry-run", "--overwrite", "--set", f"output_dir={out}").returncode == 0
+    assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_output_dir_holding_only_its_answers_file_counts_as_empty(tmp_path):
+    out = tmp_path / "out"
+    answers = write_answers((out.mkdir() or out) / "finetuner-answers.yaml", output_dir=str(out))
+    assert cli("--answers", str(answers), "--defaults", "--dry-run").returncode == 0
+
+
+def test_benchmark_only_on_a_directory_that_is_not_an_output(tmp_path):
+    assert_user_error(cli("--benchmark-only", str(tmp_path)), "has no finetuner-answers.yaml")

@@ -1,0 +1,143 @@
+"""The wizard in a real pseudo-terminal, driven by keystrokes like a person."""
+
+import os
+import sys
+from pathlib import Path
+
+import pexpect
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+ENTER, DOWN, CLEAR_LINE, CTRL_C = "\r", "\x1b[B", "\x15", "\x03"
+
+
+def spawn(*args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    child = pexpect.spawn(sys.executable, [str(ROOT / "finetune_cli.py"), *args], cwd=str(ROOT), env=env,
+                          encoding="utf-8", timeout=20, dimensions=(60, 200))
+    return child
+
+
+def answer(child, script):
+    """script: (text the prompt shows, keys to send) pairs, in order."""
+    for prompt, keys in script:
+        child.expect(prompt)
+        child.send(keys)
+
+
+def finish(child) -> str:
+    child.expect(pexpect.EOF)
+    child.close()
+    return child.before
+
+
+def type_text(text):
+    return CLEAR_LINE + text + ENTER
+
+
+def test_fine_tuning_path_with_enter_and_typed_answers(tmp_path):
+    out = tmp_path / "ft"
+    child = spawn("--dry-run")
+    answer(child, [
+        ("Step 0", ENTER),  # Enter = fine-tuning, the default
+        ("Model to fine-tune", ENTER),
+        ("Method", DOWN + ENTER),  # QLoRA
+        ("Output directory", type_text(str(out))),
+        ("Dataset", ENTER), ("How many samples", type_text("200")), ("Maximum sequence length", ENTER),
+        ("LoRA rank", ENTER), ("LoRA alpha", ENTER), ("LoRA dropout", ENTER),
+        ("Quantisation", DOWN + ENTER),  # 8-bit
+        ("Epochs", type_text("1")), ("Batch size", ENTER), ("Learning rate", ENTER),
+        ("accumulation", ENTER), ("Benchmark", ENTER), ("held-out samples", ENTER), ("Upload", ENTER),
+    ])
+    output = finish(child)
+    assert child.exitstatus == 0, output
+    saved = yaml.safe_load((out / "finetuner-answers.yaml").read_text())
+    assert saved["approach"] == "fine-tuning" and saved["method"] == "qlora"
+    assert saved["quantization"] == "8bit" and saved["lora_r"] == 16 and saved["lora_alpha"] == 64
+    assert saved["max_samples"] == 200 and saved["epochs"] == 1
+    assert "temperature" not in saved and "teacher" not in saved
+
+
+def test_distillation_path_derives_a_student_and_revalidates_typed_values(tmp_path):
+    out = tmp_path / "kd"
+    child = spawn("--dry-run")
+    answer(child, [
+        ("Step 0", DOWN + ENTER),
+        ("Teacher model", ENTER), ("Student model", ENTER), ("of its 30 decoder layers", type_text("10")),
+        ("Output directory", type_text(str(out))),
+        ("Dataset", ENTER), ("How many samples", ENTER), ("Maximum sequence length", ENTER),
+        ("Temperature", type_text("0")),
+    ])
+    child.expect("must be greater than 0")  # the same validation as a file answer, shown in place
+    child.send(type_text("3"))
+    answer(child, [
+        ("Alpha", type_text("0.7")), ("How should the student train", DOWN + ENTER),
+        ("LoRA rank", ENTER), ("LoRA alpha", ENTER), ("LoRA dropout", ENTER),
+        ("Epochs", ENTER), ("Batch size", ENTER), ("Learning rate", ENTER), ("accumulation", ENTER),
+        ("Benchmark", ENTER), ("held-out samples", ENTER), ("Upload", ENTER),
+    ])
+    output = finish(child)
+    assert child.exitstatus == 0, output
+    saved = yaml.safe_load((out / "finetuner-answers.yaml").read_text())
+    assert saved["approach"] == "distillation" and saved["student_layers"] == 10
+    assert saved["temperature"] == 3.0 and saved["alpha"] == 0.7 and saved["student_training"] == "lora"
+    assert "method" not in saved
+
+
+def test_partial_answers_file_asks_only_for_the_gaps(tmp_path):
+    out = tmp_path / "p"
+    partial = {k: v for k, v in yaml.safe_load(_complete_answers(out)).items() if k not in ("epochs", "alpha")}
+    path = tmp_path / "partial.yaml"
+    path.write_text(yaml.safe_dump(partial))
+    child = spawn("--answers", str(path), "--dry-run")
+    child.expect("Alpha")
+    child.send(type_text("0.4"))
+    index = child.expect(["Epochs", "Teacher", "Dataset"])
+    assert index == 0, "asked a question the file already answers"
+    child.send(type_text("2"))
+    assert "Dry run" in finish(child)
+    assert child.exitstatus == 0
+
+
+def test_ctrl_c_at_a_prompt_exits_130_without_traceback():
+    child = spawn()
+    child.expect("Step 0")
+    child.send(CTRL_C)
+    output = finish(child)
+    assert child.exitstatus == 130
+    assert "Cancelled" in output and "Traceback" not in output
+
+
+def test_non_empty_output_dir_asks_before_writing_into_it(tmp_path):
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    path = tmp_path / "a.yaml"
+    path.write_text(_complete_answers(out))
+    child = spawn("--answers", str(path), "--dry-run")
+    child.expect("already has files")
+    child.send("n")
+    child.expect("choose another directory")
+    child.expect("Output directory")
+    child.send(type_text(str(tmp_path / "fresh")))
+    assert "Dry run" in finish(child)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("keys,started", [("n", False)])
+def test_summary_is_shown_and_confirmation_asked(tmp_path, keys, started):
+    path = tmp_path / "a.yaml"
+    path.write_text(_complete_answers(tmp_path / "c"))
+    child = spawn("--answers", str(path))
+    child.expect("Plan")
+    child.expect("Start\\?")
+    child.send(keys)
+    output = finish(child)
+    assert "Nothing started" in output and child.exitstatus == 0
+
+
+def _complete_answers(out: Path) -> str:
+    from finetuner.config import RunConfig
+
+    return yaml.safe_dump(RunConfig(approach="distillation", output_dir=str(out)).to_answers())

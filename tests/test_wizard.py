@@ -1,0 +1,111 @@
+"""The resolve loop and answers files. `ask` here is a scripted person at the keyboard."""
+
+import pytest
+
+from finetuner.config import RunConfig
+from finetuner.ui import UserError
+from finetuner.wizard import load_answers, parse_overrides, resolve, save_answers
+
+
+def scripted(replies: dict):
+    """A person who answers some questions and presses Enter (takes the default) on the rest."""
+    asked = []
+
+    def ask(question, default, answers):
+        asked.append(question.key)
+        return replies.get(question.key, default)
+
+    ask.asked = asked
+    return ask
+
+
+def test_replay_of_a_complete_file_asks_nothing(tmp_path):
+    original = RunConfig(approach="distillation", output_dir=str(tmp_path / "o"), epochs=1).to_answers()
+    ask = scripted({})
+    answers, _ = resolve(original, ask)
+    assert ask.asked == []
+    assert RunConfig(**answers) == RunConfig(approach="distillation", output_dir=str(tmp_path / "o"), epochs=1)
+
+
+def test_partial_file_on_a_terminal_asks_only_the_gaps():
+    ask = scripted({"epochs": "2"})
+    answers, _ = resolve({"approach": "fine-tuning", "model": "smollm2-135m-instruct", "method": "lora"}, ask)
+    assert "approach" not in ask.asked and "model" not in ask.asked
+    assert "epochs" in ask.asked and answers["epochs"] == 2
+
+
+def test_typed_answers_are_validated_like_file_answers():
+    replies = iter(["1.5", "0.3"])
+
+    def ask(question, default, answers):
+        return next(replies) if question.key == "alpha" else default
+
+    answers, _ = resolve({"approach": "distillation"}, ask)
+    assert answers["alpha"] == 0.3
+
+
+def test_invalid_file_value_on_a_terminal_is_asked_again():
+    ask = scripted({"alpha": "0.25"})
+    answers, _ = resolve({"approach": "distillation", "alpha": 7}, ask)
+    assert "alpha" in ask.asked and answers["alpha"] == 0.25
+
+
+def test_without_a_terminal_every_problem_is_reported_at_once():
+    with pytest.raises(UserError) as caught:
+        resolve({"approach": "distillation", "temperature": 0, "alpha": 2, "epochs": "x", "colour": "red"}, None)
+    details = "\n".join(caught.value.details)
+    for fragment in ("temperature: must be greater than 0", "alpha: must be between 0 and 1",
+                     "epochs: expected a whole number", "colour: unknown setting", "output_dir: missing"):
+        assert fragment in details
+
+
+def test_unknown_key_suggests_the_close_one():
+    with pytest.raises(UserError) as caught:
+        resolve({"temprature": 2}, None, use_defaults=True)
+    assert "did you mean 'temperature'" in "\n".join(caught.value.details)
+
+
+def test_defaults_fill_everything_without_a_terminal():
+    answers, _ = resolve({"approach": "distillation"}, None, use_defaults=True)
+    assert RunConfig(**answers).student_layers == 15
+
+
+def test_upload_without_a_token_is_an_error_without_a_terminal():
+    with pytest.raises(UserError) as caught:
+        resolve({"upload": True, "hub_repo": "me/model"}, None, use_defaults=True, token_found=lambda: False)
+    assert "no Hugging Face token" in "\n".join(caught.value.details)
+
+
+def test_token_is_asked_when_missing_and_never_saved(tmp_path):
+    ask = scripted({"hub_token": "hf_secret_value", "upload": True, "hub_repo": "me/model"})
+    answers, secrets = resolve({}, ask, token_found=lambda: False)
+    assert secrets == {"hub_token": "hf_secret_value"}
+    path = save_answers(tmp_path / "a.yaml", {**answers, **secrets})
+    assert "hf_secret_value" not in path.read_text()
+
+
+def test_answers_file_round_trips(tmp_path):
+    answers = RunConfig(approach="distillation", alpha=0.25, student_layers=None, student="x/y").to_answers()
+    path = save_answers(tmp_path / "sub" / "answers.yaml", answers)
+    assert load_answers(path) == answers
+
+
+@pytest.mark.parametrize("content,fragment", [
+    ("approach: [unclosed", "not valid YAML"), ("- a\n- b\n", "must be a mapping"),
+])
+def test_malformed_answers_files_are_user_errors(tmp_path, content, fragment):
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    with pytest.raises(UserError, match=fragment):
+        load_answers(path)
+
+
+def test_missing_answers_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_answers(tmp_path / "nope.yaml")
+
+
+def test_overrides_parse_and_reject_garbage():
+    assert parse_overrides(["epochs=2", "hub_repo=me/x"]) == {"epochs": "2", "hub_repo": "me/x"}
+    with pytest.raises(UserError):
+        parse_overrides(["epochs"])

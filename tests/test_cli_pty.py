@@ -13,7 +13,9 @@ ENTER, DOWN, CLEAR_LINE, CTRL_C = "\r", "\x1b[B", "\x15", "\x03"
 
 
 def spawn(*args):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    # pexpect doesn't answer prompt_toolkit's cursor-position request; without this each prompt
+    # waits a second for the reply a real terminal would send.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PROMPT_TOOLKIT_NO_CPR": "1"}
     child = pexpect.spawn(sys.executable, [str(ROOT / "finetune_cli.py"), *args], cwd=str(ROOT), env=env,
                           encoding="utf-8", timeout=20, dimensions=(60, 200))
     return child

@@ -1,0 +1,57 @@
+"""Which models a run's benchmark compares, loaded from its output directory.
+
+Fine-tuning: base vs fine-tuned. Distillation: teacher, student before, student after.
+Also used by `--benchmark-only OUTPUT_DIR` on a finished run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from finetuner import artifacts, models, ui
+from finetuner.benchmark import run_benchmark
+from finetuner.config import RunConfig
+
+
+def trained_model(out_dir: Path):
+    """The model a run produced: the full/merged model, else the adapter on its base."""
+    model_dir = out_dir / artifacts.MODEL_DIR
+    if (model_dir / "config.json").is_file():
+        return models.load_model(str(model_dir)), model_dir
+    adapter_dir = out_dir / artifacts.ADAPTER_DIR
+    if (adapter_dir / "adapter_config.json").is_file():
+        from peft import AutoPeftModelForCausalLM
+
+        return AutoPeftModelForCausalLM.from_pretrained(str(adapter_dir)), adapter_dir
+    raise ui.UserError(f"{out_dir} holds no trained model (no {artifacts.MODEL_DIR}/ or {artifacts.ADAPTER_DIR}/)",
+                       hint="train first, or point --benchmark-only at a finished output directory")
+
+
+def models_to_compare(cfg: RunConfig, out_dir: Path) -> list[tuple]:
+    trained, trained_dir = trained_model(out_dir)
+    tokenizer = models.load_tokenizer(str(trained_dir))
+    if not cfg.is_distillation:
+        base = models.load_model(cfg.model)
+        return [("base", base, models.load_tokenizer(cfg.model), _on_disk(cfg.model)),
+                ("fine-tuned", trained, tokenizer, trained_dir)]
+    teacher = models.load_model(cfg.teacher)
+    if cfg.student_layers is None:
+        before, before_dir = models.load_model(cfg.student), _on_disk(cfg.student)
+    else:
+        before, before_dir = models.derive_student(models.load_model(cfg.student), cfg.student_layers), None
+    return [("teacher", teacher, models.load_tokenizer(cfg.teacher), _on_disk(cfg.teacher)),
+            ("student before", before, tokenizer, before_dir),
+            ("student after", trained, tokenizer, trained_dir)]
+
+
+def _on_disk(name: str) -> str | None:
+    path = models.resolve_model_path(name)
+    return path if Path(path).is_dir() else None
+
+
+def benchmark_output(cfg: RunConfig, out_dir: str | Path, show_samples: int = 0) -> dict:
+    out_dir = Path(out_dir)
+    if not artifacts.read_heldout(out_dir):
+        raise ui.UserError(f"{out_dir} has no held-out prompt/response pairs to benchmark on",
+                           hint="plain-text datasets have no references; ROUGE needs prompt/response pairs")
+    return run_benchmark(cfg, out_dir, models_to_compare(cfg, out_dir), show_samples=show_samples)

@@ -1,0 +1,277 @@
+"""LLMFineTuner: turns a RunConfig into a trained model in the output directory.
+
+The transformers Trainer runs the loop; DistillationTrainer overrides only compute_loss
+(and log, to report CE and KL separately). Cheap checks (tokenizers, data) come before
+any weights are loaded.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import PrinterCallback, Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from finetuner import adapters, artifacts, models, ui
+from finetuner.config import RunConfig
+from finetuner.data import PreparedData, make_collator, prepare
+from finetuner.interrupt import GracefulInterrupt
+from finetuner.losses import kd_loss_from_hidden
+from finetuner.progress import ProgressReporter
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path | None
+    interrupted: bool
+    train_loss: float | None
+    seconds: float
+    steps: int
+
+
+class DistillationTrainer(Trainer):
+    """loss = alpha * CE + (1 - alpha) * T^2 * KL(teacher || student) on response tokens."""
+
+    def __init__(self, *args, teacher, temperature: float, alpha: float, vocab_size: int | None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.teacher = teacher
+        self.temperature = temperature
+        self.alpha = alpha
+        self.vocab_size = vocab_size
+        # Peak loss memory is about 6 x chunk x vocab x 4 bytes: keep it near 800 MB for any vocabulary.
+        self.chunk_size = max(64, 2**25 // student_vocab(teacher))
+        # Our loss divides by num_items_in_batch itself, so ask the Trainer to count it and not
+        # divide again by the accumulation steps.
+        self.model_accepts_loss_kwargs = True
+        self.loss_is_scaled_for_ga = True
+        self._parts = {"ce": 0.0, "kl": 0.0}
+        self._micro_batches = 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs["labels"]
+        student = _unwrap(self.accelerator.unwrap_model(model))
+        # Hidden states only: the LM head runs later on counted positions alone, which avoids
+        # [batch, length, vocab] logits for both models.
+        student_hidden = student.get_decoder()(input_ids=inputs["input_ids"],
+                                               attention_mask=inputs["attention_mask"]).last_hidden_state
+        with torch.no_grad():
+            teacher_hidden = self.teacher.get_decoder()(input_ids=inputs["input_ids"],
+                                                        attention_mask=inputs["attention_mask"]).last_hidden_state
+        result = kd_loss_from_hidden(student_hidden, teacher_hidden, student.get_output_embeddings(),
+                                     self.teacher.get_output_embeddings(), labels, temperature=self.temperature,
+                                     alpha=self.alpha, num_items_in_batch=num_items_in_batch,
+                                     vocab_size=self.vocab_size, chunk_size=self.chunk_size)
+        loss = result.loss
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            # num_items_in_batch was summed over processes; DDP averages gradients (as Trainer does).
+            loss = loss * self.accelerator.num_processes
+        if model.training:
+            # Normalised by the whole accumulated batch, micro-batch parts sum to the step's mean.
+            self._parts["ce"] += float(result.ce)
+            self._parts["kl"] += float(result.kl)
+            self._micro_batches += 1
+        return (loss, None) if return_outputs else loss
+
+    def log(self, logs: dict, start_time: float | None = None) -> None:
+        if self._micro_batches and "loss" in logs:
+            steps = max(1, round(self._micro_batches / self.args.gradient_accumulation_steps))
+            for name in self._parts:
+                logs[name] = round(self._parts[name] / steps, 4)
+            self._parts = {"ce": 0.0, "kl": 0.0}
+            self._micro_batches = 0
+        super().log(logs, start_time)
+
+
+def student_vocab(model) -> int:
+    return model.get_output_embeddings().weight.shape[0]
+
+
+def _unwrap(model):
+    """The transformers model under a peft wrapper (LoRA layers stay injected in it)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+class LLMFineTuner:
+    """Fine-tuning (LoRA, QLoRA, AdaLoRA) and knowledge distillation from one RunConfig."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+
+    # ---- public entry points ----------------------------------------------------------------
+
+    def train(self, resume: bool = False) -> TrainResult:
+        cfg = self.cfg
+        checkpoint = self._checkpoint_to_resume(resume)
+        tokenizer = models.load_tokenizer(cfg.model)
+        data = self._prepare_data(tokenizer)
+        if cfg.method == "qlora" and (why := adapters.quantization_available(cfg.quantization)):
+            raise ui.UserError(f"QLoRA {cfg.quantization} can't run here: {why}", hint="use method lora")
+
+        ui.step(f"Loading {cfg.model}")
+        model = models.load_model(cfg.model, quantization=cfg.quantization if cfg.method == "qlora" else None)
+        model = adapters.apply_adapter(cfg, model, self._total_steps(data))
+        _report_trainable(model)
+        callbacks = [adapters.AdaLoraAllocator()] if cfg.method == "adalora" else []
+        trainer = Trainer(model=model, args=self._training_args(), train_dataset=data.train,
+                          data_collator=make_collator(tokenizer), processing_class=tokenizer, callbacks=callbacks)
+        return self._run(trainer, tokenizer, checkpoint, adapter=True, base_name=cfg.model)
+
+    def train_distillation(self, resume: bool = False) -> TrainResult:
+        cfg = self.cfg
+        checkpoint = self._checkpoint_to_resume(resume)
+        teacher_tokenizer = models.load_tokenizer(cfg.teacher)
+        student_tokenizer = teacher_tokenizer if cfg.student == cfg.teacher else models.load_tokenizer(cfg.student)
+        vocab_size = models.check_tokenizers_match(teacher_tokenizer, student_tokenizer)
+        data = self._prepare_data(student_tokenizer)
+
+        precision = models.precision_policy()
+        ui.step(f"Loading teacher {cfg.teacher} ({str(precision.teacher_dtype).removeprefix('torch.')})")
+        student = self._load_student()
+        teacher = models.load_teacher(cfg.teacher, precision)
+        teacher.to(self._device())
+        ui.info(f"teacher {models.count_parameters(teacher) / 1e6:.1f}M parameters, "
+                f"student {models.count_parameters(student) / 1e6:.1f}M")
+        if models.count_parameters(student) > models.count_parameters(teacher):
+            ui.warning("the student is larger than its teacher; distillation usually compresses")
+        if cfg.student_training == "lora":
+            student = adapters.apply_adapter(cfg, student, self._total_steps(data))
+        _report_trainable(student)
+        trainer = DistillationTrainer(model=student, args=self._training_args(), train_dataset=data.train,
+                                      data_collator=make_collator(student_tokenizer),
+                                      processing_class=student_tokenizer, teacher=teacher,
+                                      temperature=cfg.temperature, alpha=cfg.alpha, vocab_size=vocab_size)
+        return self._run(trainer, student_tokenizer, checkpoint, adapter=cfg.student_training == "lora",
+                         base_name=None)
+
+    # ---- stages -----------------------------------------------------------------------------
+
+    def _checkpoint_to_resume(self, resume: bool) -> str | None:
+        if not resume:
+            return None
+        log = artifacts.read_training_log(self.out)
+        if log and log.get("completed"):
+            raise ui.UserError(f"the run in {self.out} already finished; nothing to resume",
+                               hint="start a new run with another output_dir, or benchmark it with "
+                                    f"--benchmark-only {self.out}")
+        checkpoints = self.out / artifacts.CHECKPOINTS_DIR
+        last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+        if last is None:
+            raise ui.UserError(f"no checkpoint to resume in {checkpoints}",
+                               hint="run again without --resume to start from the beginning")
+        ui.step(f"Resuming from {last}")
+        return last
+
+    def _prepare_data(self, tokenizer) -> PreparedData:
+        ui.step(f"Preparing dataset {self.cfg.dataset}")
+        data = prepare(self.cfg, tokenizer)
+        artifacts.write_heldout(self.out, data.heldout)
+        return data
+
+    def _load_student(self):
+        cfg = self.cfg
+        if cfg.student_layers is None:
+            ui.step(f"Loading student {cfg.student}")
+            return models.load_model(cfg.student)
+        ui.step(f"Deriving the student: {cfg.student_layers} layers of {cfg.student}")
+        return models.derive_student(models.load_model(cfg.student), cfg.student_layers)
+
+    def _device(self) -> torch.device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def _total_steps(self, data: PreparedData) -> int:
+        cfg = self.cfg
+        if cfg.max_steps:
+            return cfg.max_steps
+        per_epoch = math.ceil(math.ceil(len(data.train) / cfg.batch_size) / cfg.gradient_accumulation)
+        return max(1, per_epoch * cfg.epochs)
+
+    def _training_args(self) -> TrainingArguments:
+        cfg = self.cfg
+        precision = models.precision_policy()
+        return TrainingArguments(
+            output_dir=str(self.out / artifacts.CHECKPOINTS_DIR),
+            num_train_epochs=cfg.epochs,
+            max_steps=cfg.max_steps or -1,
+            per_device_train_batch_size=cfg.batch_size,
+            gradient_accumulation_steps=cfg.gradient_accumulation,
+            learning_rate=cfg.learning_rate,
+            lr_scheduler_type="linear",
+            warmup_steps=0.03,
+            weight_decay=0.0,
+            logging_steps=1,
+            save_strategy="steps",
+            save_steps=50,
+            save_total_limit=2,
+            bf16=precision.bf16,
+            fp16=precision.fp16,
+            use_cpu=precision.device == "cpu",
+            seed=cfg.seed,
+            data_seed=cfg.seed,
+            report_to=[],
+            disable_tqdm=True,
+            remove_unused_columns=False,
+            include_num_input_tokens_seen="non_padding",
+            train_sampling_strategy="group_by_length",
+            dataloader_num_workers=0,
+        )
+
+    def _run(self, trainer: Trainer, tokenizer, checkpoint: str | None, adapter: bool,
+             base_name: str | None) -> TrainResult:
+        trainer.remove_callback(PrinterCallback)  # raw log dicts; ProgressReporter says it better
+        trainer.add_callback(ProgressReporter())
+        started = time.perf_counter()
+        with GracefulInterrupt() as interrupt:
+            trainer.add_callback(interrupt)
+            output = trainer.train(resume_from_checkpoint=checkpoint)
+        seconds = time.perf_counter() - started
+        history = trainer.state.log_history
+        if interrupt.requested:
+            self._write_log(history, completed=False, seconds=seconds)
+            return TrainResult(None, True, None, seconds, trainer.state.global_step)
+
+        model_dir = self._save(trainer.model, tokenizer, adapter, base_name)
+        self._write_log(history, completed=True, seconds=seconds)
+        return TrainResult(model_dir, False, output.training_loss, seconds, trainer.state.global_step)
+
+    def _save(self, model, tokenizer, adapter: bool, base_name: str | None) -> Path:
+        model_dir = self.out / artifacts.MODEL_DIR
+        if not adapter:
+            model.save_pretrained(model_dir)
+            tokenizer.save_pretrained(model_dir)
+            return model_dir
+        adapter_dir = self.out / artifacts.ADAPTER_DIR
+        model.save_pretrained(adapter_dir)
+        tokenizer.save_pretrained(adapter_dir)
+        # A LoRA student derived from the teacher has no base on disk, so it is always merged.
+        if not (self.cfg.merge_adapter or self.cfg.is_distillation):
+            return adapter_dir
+        ui.step("Merging the adapter into a standalone model")
+        merged = self._merged(model, adapter_dir, base_name)
+        merged.save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+        return model_dir
+
+    def _merged(self, model, adapter_dir: Path, base_name: str | None):
+        if self.cfg.method == "qlora" and not self.cfg.is_distillation and base_name:
+            # Merging into 4/8-bit weights would round the update away: merge into a full-precision base.
+            from peft import PeftModel
+
+            return PeftModel.from_pretrained(models.load_model(base_name), str(adapter_dir)).merge_and_unload()
+        return model.merge_and_unload()
+
+    def _write_log(self, history: list[dict], completed: bool, seconds: float) -> None:
+        artifacts.write_json(self.out / artifacts.TRAINING_LOG,
+                             {"completed": completed, "seconds": round(seconds, 1), "config": self.cfg.to_answers(),
+                              "log_history": history})
+        artifacts.plot_loss(history, self.out / artifacts.LOSS_CURVE)
+
+
+def _report_trainable(model) -> None:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    ui.info(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)")

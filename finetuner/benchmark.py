@@ -31,7 +31,7 @@ from typing import Any
 
 from finetuner import ui
 from finetuner.data import encode_prompt
-from finetuner.formatting import render_prompt
+from finetuner.formatting import render_messages_prompt, render_prompt
 
 METRICS = ("rouge1", "rouge2", "rougeL")
 METRIC_NAMES = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L"}
@@ -60,7 +60,7 @@ def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
 
 # ---- generation -----------------------------------------------------------------------------
 
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int,
+def generate(model, tokenizer, prompts: list[str | list[dict]], max_new_tokens: int,
              batch_size: int = 8) -> tuple[list[str], dict]:
     """Greedy answers to raw user prompts, decoded from the new tokens only.
 
@@ -81,7 +81,9 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int,
     start = time.perf_counter()
     try:
         for i in range(0, len(prompts), batch_size):
-            texts = [render_prompt(tokenizer, p) for p in prompts[i:i + batch_size]]
+            # A chat row's prompt is its whole history, rendered exactly as in training.
+            texts = [render_messages_prompt(tokenizer, p) if isinstance(p, list) else render_prompt(tokenizer, p)
+                     for p in prompts[i:i + batch_size]]
             # The same ids training put before each response, padded on the left.
             batch = tokenizer.pad({"input_ids": encode_prompt(tokenizer, texts)}, padding=True,
                                   return_tensors="pt").to(model.device)
@@ -199,7 +201,7 @@ class ModelResult:
 
 def evaluate(label: str, model, tokenizer, heldout: list[dict], max_new_tokens: int,
              model_dir: str | Path | None = None, keep_samples: int = 3) -> ModelResult:
-    prompts = [row["prompt"] for row in heldout]
+    prompts = [row.get("messages") or row["prompt"] for row in heldout]
     references = [row["reference"] for row in heldout]
     # A model's first generate call pays one-off setup (up to seconds on CPU); keep it out of
     # tokens/s so the first model benchmarked is not made to look slower.
@@ -207,7 +209,7 @@ def evaluate(label: str, model, tokenizer, heldout: list[dict], max_new_tokens: 
     with _PeakMemory(model.device) as memory:
         answers, stats = generate(model, tokenizer, prompts, max_new_tokens)
     samples = [{"prompt": p, "reference": r, "generation": g}
-               for p, r, g in list(zip(prompts, references, answers))[:keep_samples]]
+               for p, r, g in list(zip([row["prompt"] for row in heldout], references, answers))[:keep_samples]]
     return ModelResult(
         label=label,
         rouge={m: round(v, 4) for m, v in rouge(answers, references).items()},

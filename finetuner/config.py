@@ -64,6 +64,7 @@ class RunConfig:
     eval_fraction: float = 0.1
     merge_adapter: bool = True
     max_steps: Optional[int] = None
+    save_steps: int = 50
     seed: int = 42
     max_new_tokens: int = 64
 
@@ -206,7 +207,7 @@ def check_field(key: str, value: Any) -> str | None:
     if key == "eval_fraction" and not 0 <= value < 1:
         return f"must be in [0, 1) (got {value})"
     at_least_one = ("epochs", "batch_size", "gradient_accumulation", "max_samples", "lora_r", "lora_alpha",
-                    "adalora_init_r", "adalora_target_r", "benchmark_samples", "max_new_tokens", "max_steps",
+                    "adalora_init_r", "adalora_target_r", "benchmark_samples", "max_new_tokens", "max_steps", "save_steps",
                     "student_layers")
     if key in at_least_one and value < 1:
         return f"must be at least 1 (got {value})"

@@ -98,6 +98,7 @@ QUESTIONS: tuple[Question, ...] = (
     Question("eval_fraction", "Held-out fraction", ask=False),
     Question("merge_adapter", "Also save a merged model", ask=False),
     Question("max_steps", "Stop after this many optimizer steps", ask=False),
+    Question("save_steps", "Save a checkpoint every this many steps", ask=False),
     Question("seed", "Random seed", ask=False),
     Question("max_new_tokens", "Tokens to generate per benchmark prompt", ask=False),
 )

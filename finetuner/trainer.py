@@ -7,14 +7,14 @@ any weights are loaded.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import PrinterCallback, Trainer, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 
 from finetuner import adapters, artifacts, models, ui
 from finetuner.config import RunConfig
@@ -43,7 +43,7 @@ class DistillationTrainer(Trainer):
         self.alpha = alpha
         self.vocab_size = vocab_size
         # Peak loss memory is about 6 x chunk x vocab x 4 bytes: keep it near 800 MB for any vocabulary.
-        self.chunk_size = max(64, 2**25 // student_vocab(teacher))
+        self.chunk_size = max(64, 2**25 // vocab_rows(teacher))
         # Our loss divides by num_items_in_batch itself, so ask the Trainer to count it and not
         # divide again by the accumulation steps.
         self.model_accepts_loss_kwargs = True
@@ -86,7 +86,24 @@ class DistillationTrainer(Trainer):
         super().log(logs, start_time)
 
 
-def student_vocab(model) -> int:
+def last_complete_checkpoint(directory: Path) -> str | None:
+    """The newest checkpoint the Trainer finished writing. Its trainer_state.json is written last,
+    so a process killed mid-save leaves a newer folder without one, which is skipped."""
+    if not directory.is_dir():
+        return None
+    steps = sorted((int(p.name.split("-")[-1]), p) for p in directory.glob("checkpoint-*")
+                   if p.is_dir() and p.name.split("-")[-1].isdigit())
+    for _, path in reversed(steps):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            ui.warning(f"skipping {path.name}: it was not completely written")
+            continue
+        return str(path)
+    return None
+
+
+def vocab_rows(model) -> int:
     return model.get_output_embeddings().weight.shape[0]
 
 
@@ -106,6 +123,7 @@ class LLMFineTuner:
 
     def train(self, resume: bool = False) -> TrainResult:
         cfg = self.cfg
+        set_seed(cfg.seed)  # before the adapter exists: LoRA's A matrices start random
         checkpoint = self._checkpoint_to_resume(resume)
         tokenizer = models.load_tokenizer(cfg.model)
         data = self._prepare_data(tokenizer)
@@ -123,6 +141,7 @@ class LLMFineTuner:
 
     def train_distillation(self, resume: bool = False) -> TrainResult:
         cfg = self.cfg
+        set_seed(cfg.seed)
         checkpoint = self._checkpoint_to_resume(resume)
         teacher_tokenizer = models.load_tokenizer(cfg.teacher)
         student_tokenizer = teacher_tokenizer if cfg.student == cfg.teacher else models.load_tokenizer(cfg.student)
@@ -130,8 +149,8 @@ class LLMFineTuner:
         data = self._prepare_data(student_tokenizer)
 
         precision = models.precision_policy()
-        ui.step(f"Loading teacher {cfg.teacher} ({str(precision.teacher_dtype).removeprefix('torch.')})")
         student = self._load_student()
+        ui.step(f"Loading teacher {cfg.teacher} ({str(precision.teacher_dtype).removeprefix('torch.')})")
         teacher = models.load_teacher(cfg.teacher, precision)
         teacher.to(self._device())
         ui.info(f"teacher {models.count_parameters(teacher) / 1e6:.1f}M parameters, "
@@ -159,7 +178,7 @@ class LLMFineTuner:
                                hint="start a new run with another output_dir, or benchmark it with "
                                     f"--benchmark-only {self.out}")
         checkpoints = self.out / artifacts.CHECKPOINTS_DIR
-        last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+        last = last_complete_checkpoint(checkpoints)
         if last is None:
             raise ui.UserError(f"no checkpoint to resume in {checkpoints}",
                                hint="run again without --resume to start from the beginning")
@@ -205,7 +224,7 @@ class LLMFineTuner:
             weight_decay=0.0,
             logging_steps=1,
             save_strategy="steps",
-            save_steps=50,
+            save_steps=cfg.save_steps,
             save_total_limit=2,
             bf16=precision.bf16,
             fp16=precision.fp16,
@@ -227,7 +246,13 @@ class LLMFineTuner:
         started = time.perf_counter()
         with GracefulInterrupt() as interrupt:
             trainer.add_callback(interrupt)
-            output = trainer.train(resume_from_checkpoint=checkpoint)
+            try:
+                output = trainer.train(resume_from_checkpoint=checkpoint)
+            except (torch.OutOfMemoryError, MemoryError):
+                raise ui.UserError(
+                    "ran out of memory while training",
+                    hint="lower batch_size (raise gradient_accumulation to keep the effective batch) or "
+                         "max_length; or use QLoRA 4bit, or student_training: lora when distilling") from None
         seconds = time.perf_counter() - started
         history = trainer.state.log_history
         if interrupt.requested:

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -153,6 +154,38 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, tiny_llama, qa_fi
     assert expected.keys() == actual.keys()
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_sigkill_at_random_points_then_resume_matches(tmp_path, tiny_llama, qa_file):
+    """SIGKILL gives no chance to save: resume must pick the newest *complete* checkpoint."""
+    import random
+
+    settings = dict(approach="fine-tuning", model=str(tiny_llama), method="lora", dataset=str(qa_file),
+                    epochs=1, max_steps=12, batch_size=4, gradient_accumulation=1, save_steps=1)
+    (tmp_path / "a").mkdir()
+    done = _cli(["--answers", str(answers_file(tmp_path / "a", **settings)), "--defaults", "--yes"])
+    assert done.wait(timeout=180) == 0, done.stdout.read()
+    expected = load_file(tmp_path / "a" / "out" / "model" / "model.safetensors")
+
+    rng = random.Random(1)
+    for attempt in range(2):
+        run_dir = tmp_path / f"k{attempt}"
+        run_dir.mkdir()
+        proc = _cli(["--answers", str(answers_file(run_dir, **settings)), "--defaults", "--yes"])
+        kill_after = f"step {rng.randint(2, 9)}/"
+        for line in proc.stdout:
+            if line.startswith(kill_after):
+                time.sleep(rng.random() * 0.3)  # land anywhere, mid-save included
+                proc.kill()
+                break
+        proc.wait(timeout=60)
+        resumed = _cli(["--answers", str(run_dir / "out" / "finetuner-answers.yaml"), "--resume", "--yes"])
+        output = resumed.stdout.read()
+        assert resumed.wait(timeout=180) == 0, output
+        actual = load_file(run_dir / "out" / "model" / "model.safetensors")
+        for name in expected:
+            torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-6,
+                                       msg=f"{name} after kill at {kill_after}: {output}")
 
 
 def test_resume_without_a_checkpoint_says_so(tmp_path, tiny_llama, qa_file, capsys):

@@ -1,0 +1,389 @@
+#!/usr/bin/env python
+"""How fast finetuner distils, against plain fine-tuning, the naive 2.1.0 recipe and TRL's GKDTrainer.
+
+    pip install -r requirements-bench.txt
+    python benchmarks/distill_speed.py --quick   # under 3 minutes on 2 cores
+    python benchmarks/distill_speed.py           # the full run, ~10-15 minutes on 2 cores
+
+Every contender trains the same 15-layer student derived from the built-in SmolLM2-135M-Instruct
+(the teacher, for the distillation contenders) on the same GSM8K rows, prepared by
+finetuner.data.prepare, with the same batch size, sampler order and thread count. Each runs in a
+fresh subprocess (this script with --contender NAME), so peak RSS is its own. A step's time is the
+gap between consecutive `on_step_end` callbacks (data, forward, backward, optimizer, logging);
+warm-up steps are dropped and medians are reported. Counted tokens are label tokens (not -100),
+i.e. what the loss averages over, never padding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CONTENDERS = {
+    "plain": "plain fine-tune (HF Trainer, bf16 autocast, no teacher)",
+    "finetuner": "finetuner DistillationTrainer",
+    "finetuner_autocast": "finetuner + student under autocast (prototype fix)",
+    "naive": "2.1.0 recipe (fp32, pad to max, full-logit batchmean KL)",
+    "trl": "TRL GKDTrainer (lmbda 0, beta 0, bf16)",
+}
+TARGETS = {  # finetuner's ratio to another contender: (other, measure, target, "min" or "max")
+    "tokens/s vs naive": ("naive", "tokens_per_s", 2.5, "min"),
+    "tokens/s vs TRL": ("trl", "tokens_per_s", 1.3, "min"),
+    "s/step vs plain": ("plain", "s_per_step", 1.5, "max"),
+    "peak RSS vs plain": ("plain", "peak_rss_gb", 1.3, "max"),
+}
+STARTUP_TARGET_S = 0.5
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="a smoke run: batch 4, length 128, 2 measured steps")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--max-length", type=int)
+    p.add_argument("--samples", type=int, help="GSM8K rows to train on")
+    p.add_argument("--steps", type=int, help="measured optimizer steps per contender")
+    p.add_argument("--warmup", type=int, help="steps run first and not measured (at least 1)")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads")
+    p.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated: " + ",".join(CONTENDERS))
+    p.add_argument("--startup-runs", type=int, help="wizard start-up measurements (0 to skip)")
+    p.add_argument("--output", type=Path, help="results JSON (default benchmarks/results/distill_speed-DATE.json)")
+    p.add_argument("--contender", help=argparse.SUPPRESS)  # internal: run one contender, write JSON to --result
+    p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    quick = dict(batch_size=4, max_length=128, samples=8, steps=2, warmup=1, startup_runs=3)
+    full = dict(batch_size=8, max_length=256, samples=64, steps=8, warmup=2, startup_runs=5)
+    for key, value in (quick if args.quick else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.warmup = max(1, args.warmup)  # the first step's end is the start of the first measured step
+    return args
+
+
+# ---- one contender, in its own process -------------------------------------------------------
+
+def run_contender(name: str, args: argparse.Namespace) -> dict:
+    import torch
+    from transformers import PrinterCallback, Trainer, TrainerCallback
+
+    from finetuner import models
+    from finetuner.config import RunConfig
+    from finetuner.data import make_collator
+    from finetuner.trainer import LLMFineTuner
+
+    torch.set_num_threads(args.threads)
+    out = Path(tempfile.mkdtemp(prefix=f"distill-speed-{name}-"))
+    cfg = RunConfig(approach="distillation", output_dir=str(out), max_samples=args.samples,
+                    max_length=args.max_length, batch_size=args.batch_size, gradient_accumulation=1,
+                    max_steps=args.warmup + args.steps, eval_fraction=0.0, benchmark=False)
+
+    class StepClock(TrainerCallback):
+        def __init__(self):
+            self.ends = []
+
+        def on_step_end(self, *_, **__):
+            self.ends.append(time.perf_counter())
+
+    class Timed(LLMFineTuner):
+        """LLMFineTuner building its trainers itself; only the run is replaced by a timed one."""
+
+        def _run(self, trainer, *_, **__):
+            self.trainer = trainer
+
+    clock, counted = StepClock(), []
+
+    def count_labels(collate):
+        def wrapped(rows):
+            batch = collate(rows)
+            counted.append(int((batch["labels"] != -100).sum()))
+            return batch
+        return wrapped
+
+    ft = Timed(cfg)
+    tokenizer = models.load_tokenizer(cfg.student)
+    extra = {}
+    if name.startswith("finetuner"):
+        ft.train_distillation()
+        trainer = ft.trainer
+        if name == "finetuner_autocast":
+            trainer.__class__ = autocast_distillation_trainer()
+    else:
+        data = ft._prepare_data(tokenizer)
+        student = ft._load_student()
+        if name == "plain":
+            trainer = Trainer(model=student, args=ft._training_args(), train_dataset=data.train,
+                              data_collator=make_collator(tokenizer), processing_class=tokenizer)
+        elif name == "naive":
+            trainer = naive_trainer(ft, cfg, student, tokenizer, data)
+        elif name == "trl":
+            trainer = trl_trainer(ft, cfg, student, tokenizer, data)
+            extra["gradient_checkpointing"] = trainer.args.gradient_checkpointing
+        else:
+            raise SystemExit(f"unknown contender {name}")
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(clock)
+    trainer.data_collator = count_labels(trainer.data_collator)
+    teacher = getattr(trainer, "teacher", None) or getattr(trainer, "teacher_model", None)
+
+    rss_before = _rss_now()
+    load = os.getloadavg()[0]
+    trainer.train()
+    seconds = [b - a for a, b in zip(clock.ends[args.warmup - 1:], clock.ends[args.warmup:])]
+    tokens = counted[args.warmup:args.warmup + len(seconds)]
+    return {
+        "contender": name, "description": CONTENDERS[name], **extra,
+        "s_per_step": statistics.median(seconds),
+        "tokens_per_s": statistics.median(t / s for t, s in zip(tokens, seconds)),
+        "tokens_per_s_overall": sum(tokens) / sum(seconds),
+        "step_seconds": [round(s, 3) for s in seconds], "step_tokens": tokens,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "rss_before_train_gb": rss_before,
+        "student_params": models.count_parameters(trainer.model),
+        "teacher_params": models.count_parameters(teacher) if teacher is not None else 0,
+        "teacher_dtype": str(next(teacher.parameters()).dtype).removeprefix("torch.") if teacher is not None else None,
+        "bf16_autocast": bool(trainer.args.bf16),
+        "threads": torch.get_num_threads(), "load_before": load, "load_after": os.getloadavg()[0],
+    }
+
+
+def autocast_distillation_trainer():
+    """The fix proposed for finetuner/trainer.py, prototyped: accelerate applies bf16 autocast by wrapping
+    `model.forward`, and DistillationTrainer calls `get_decoder()` and the LM head directly, so its
+    student runs in fp32. Entering the accelerator's autocast around compute_loss restores it."""
+    from finetuner.trainer import DistillationTrainer
+
+    class AutocastDistillationTrainer(DistillationTrainer):
+        def compute_loss(self, *args, **kwargs):
+            with self.accelerator.autocast():
+                return super().compute_loss(*args, **kwargs)
+
+    return AutocastDistillationTrainer
+
+
+def naive_trainer(ft, cfg, student, tokenizer, data):
+    """The 2.1.0 recipe as first written: fp32 teacher and student, every row padded to max_length,
+    full [B, L, V] logits for both, KLDivLoss(batchmean) over all positions plus the model's CE."""
+    import dataclasses
+
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+    from transformers import DataCollatorForSeq2Seq, Trainer
+
+    from finetuner import models
+
+    class NaiveKDTrainer(Trainer):
+        def __init__(self, *a, teacher, temperature, alpha, **kw):
+            super().__init__(*a, **kw)
+            self.teacher, self.temperature, self.alpha = teacher, temperature, alpha
+            self.kl = nn.KLDivLoss(reduction="batchmean")
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            outputs = model(**inputs)
+            with torch.no_grad():
+                teacher_logits = self.teacher(input_ids=inputs["input_ids"],
+                                              attention_mask=inputs["attention_mask"]).logits
+            t = self.temperature
+            kl = self.kl(F.log_softmax(outputs.logits / t, dim=-1), F.softmax(teacher_logits / t, dim=-1))
+            loss = self.alpha * outputs.loss + (1 - self.alpha) * t ** 2 * kl
+            return (loss, outputs) if return_outputs else loss
+
+    teacher = models.load_model(cfg.teacher, dtype=torch.float32, for_training=False)
+    collator = DataCollatorForSeq2Seq(tokenizer, padding="max_length", max_length=cfg.max_length,
+                                      label_pad_token_id=-100)
+    args = dataclasses.replace(ft._training_args(), bf16=False)
+    return NaiveKDTrainer(model=student, args=args, train_dataset=data.train, data_collator=collator,
+                          processing_class=tokenizer, teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha)
+
+
+def trl_trainer(ft, cfg, student, tokenizer, data):
+    """TRL's GKDTrainer as offline forward-KL distillation (lmbda 0: never generate; beta 0: KL(teacher||student)),
+    with TRL's own collator and defaults (activation checkpointing on); the same bf16 teacher as finetuner."""
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+    from finetuner import models
+
+    ours = ft._training_args()
+    # TRL's DataCollatorForChatML takes the prompt/response boundary from completion_mask; it reads
+    # a "prompt" field first, which is unused once input_ids and completion_mask are there.
+    train = data.train.map(lambda row: {"prompt": "", "completion_mask": [int(x != -100) for x in row["labels"]]})
+    args = GKDConfig(output_dir=ours.output_dir, per_device_train_batch_size=cfg.batch_size, max_steps=cfg.max_steps,
+                     learning_rate=cfg.learning_rate, lmbda=0.0, beta=0.0, max_length=cfg.max_length, bf16=True,
+                     use_cpu=True, seed=cfg.seed, data_seed=cfg.seed, logging_steps=1, save_strategy="no",
+                     report_to=[], disable_tqdm=True, dataloader_num_workers=0,
+                     train_sampling_strategy="group_by_length")  # the same batches as the other contenders
+    teacher = models.load_teacher(cfg.teacher, models.precision_policy())
+    return GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=train, processing_class=tokenizer)
+
+
+def _rss_now() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**30
+
+
+# ---- the machine --------------------------------------------------------------------------------
+
+def run_machine(args: argparse.Namespace) -> dict:
+    """Matmul peaks, and the built-in's one-time conversion (kept out of the contenders' RSS)."""
+    import torch
+
+    from finetuner import models
+    from finetuner.config import BUILTIN_MODEL
+
+    torch.set_num_threads(args.threads)
+    models.resolve_model_path(BUILTIN_MODEL)
+    peaks = {}
+    for dtype in (torch.bfloat16, torch.float32):
+        best = 0.0
+        for n in (1024, 2048):
+            a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+            a @ b  # warm-up
+            reps = 20 if n == 1024 else 4
+            for _ in range(3):
+                start = time.perf_counter()
+                for _ in range(reps):
+                    a @ b
+                best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e9)
+        peaks[str(dtype).removeprefix("torch.")] = best
+    return {"matmul_gflops": peaks, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "cpu": _cpu_name(), "cores": os.cpu_count()}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def measure_startup(runs: int) -> list[float]:
+    """Seconds from launching the wizard in a pty to its first prompt ("Step 0")."""
+    import pexpect
+
+    env = {**os.environ, "PROMPT_TOOLKIT_NO_CPR": "1", "HF_HUB_OFFLINE": "1"}
+    times = []
+    with tempfile.TemporaryDirectory() as cwd:  # no answers file of a previous run in the way
+        for _ in range(runs):
+            start = time.perf_counter()
+            child = pexpect.spawn(sys.executable, [str(ROOT / "finetune_cli.py")], cwd=cwd, env=env,
+                                  encoding="utf-8", timeout=30, dimensions=(60, 200))
+            child.expect("Step 0")
+            times.append(time.perf_counter() - start)
+            child.terminate(force=True)
+    return times
+
+
+# ---- the parent: run everything, report ----------------------------------------------------------
+
+def run_child(what: str, args: argparse.Namespace) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json") as result:
+        command = [sys.executable, __file__, "--contender", what, "--result", result.name,
+                   "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
+                   "--samples", str(args.samples), "--steps", str(args.steps), "--warmup", str(args.warmup),
+                   "--threads", str(args.threads)]
+        started = time.perf_counter()
+        proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-6000:])
+            raise SystemExit(f"{what} failed (exit {proc.returncode})")
+        data = json.loads(Path(result.name).read_text())
+        data["process_seconds"] = round(time.perf_counter() - started, 1)
+        return data
+
+
+def flops_share(result: dict, peak_gflops: float) -> float:
+    """Achieved share of the bf16 matmul peak: (6 x student + 2 x teacher params) per counted token."""
+    flops_per_token = 6 * result["student_params"] + 2 * result["teacher_params"]
+    return flops_per_token * result["tokens_per_s"] / (peak_gflops * 1e9)
+
+
+def report(results: dict, machine: dict, startup: list[float]) -> dict:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False, width=150)
+    peak = machine["matmul_gflops"]["bfloat16"]
+    table = Table(title="Distillation speed", title_justify="left")
+    for column in ("contender", "s/step", "counted tok/s", "peak RSS", "% bf16 peak", "vs plain tok/s", "load"):
+        table.add_column(column, justify="left" if column == "contender" else "right")
+    plain = results.get("plain")
+    for name, r in results.items():
+        r["flops_share"] = flops_share(r, peak)
+        table.add_row(r["description"], f"{r['s_per_step']:.2f}", f"{r['tokens_per_s']:.0f}",
+                      f"{r['peak_rss_gb']:.2f} GB", f"{100 * r['flops_share']:.1f}%",
+                      f"{r['tokens_per_s'] / plain['tokens_per_s']:.2f}x" if plain else "-",
+                      f"{r['load_before']:.1f}→{r['load_after']:.1f}")
+    console.print(table)
+    ratios = {}
+    for ours in ("finetuner", "finetuner_autocast"):
+        for label, (other, key, target, kind) in TARGETS.items():
+            if ours not in results or other not in results:
+                continue
+            value = results[ours][key] / results[other][key]
+            met = value >= target if kind == "min" else value <= target
+            ratios[f"{ours} {label}"] = {"value": value, "target": target, "kind": kind, "met": met}
+            console.print(f"{ours} {label}: {value:.2f}x (target {'≥' if kind == 'min' else '≤'}{target}x) "
+                          f"{'[green]met[/]' if met else '[red]missed[/]'}")
+    if startup:
+        median = statistics.median(startup)
+        ratios["wizard start-up s"] = {"value": median, "target": STARTUP_TARGET_S, "kind": "max",
+                                       "met": median <= STARTUP_TARGET_S}
+        console.print(f"wizard start-up to 'Step 0': {median:.2f} s median of {len(startup)} "
+                      f"(target ≤{STARTUP_TARGET_S} s)")
+    console.print(f"matmul peak: bf16 {peak:.0f} GFLOP/s, fp32 {machine['matmul_gflops']['float32']:.0f} GFLOP/s; "
+                  f"{machine['threads']} threads on {machine['cores']} cores ({machine['cpu']})")
+    if "trl" in results:
+        console.print(f"TRL activation checkpointing (its default): {results['trl'].get('gradient_checkpointing')}")
+    return ratios
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.contender:
+        result = run_machine(args) if args.contender == "machine" else run_contender(args.contender, args)
+        args.result.write_text(json.dumps(result))
+        return
+    names = [n.strip() for n in args.contenders.split(",") if n.strip()]
+    unknown = set(names) - set(CONTENDERS)
+    if unknown:
+        raise SystemExit(f"unknown contenders: {', '.join(sorted(unknown))} (choose from {', '.join(CONTENDERS)})")
+    started = time.perf_counter()
+    print(f"load average at start: {os.getloadavg()}", flush=True)
+    startup = measure_startup(args.startup_runs) if args.startup_runs else []
+    machine = run_child("machine", args)
+    results = {}
+    for name in names:
+        print(f"running {name} ...", flush=True)
+        results[name] = run_child(name, args)
+    ratios = report(results, machine, startup)
+    settings = {k: getattr(args, k) for k in ("quick", "batch_size", "max_length", "samples", "steps", "warmup",
+                                              "threads")}
+    record = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "settings": settings,
+              "machine": machine, "load_average_end": os.getloadavg(), "wizard_startup_s": startup,
+              "results": results, "ratios": ratios, "total_seconds": round(time.perf_counter() - started, 1)}
+    output = args.output or ROOT / "benchmarks" / "results" / (
+        f"distill_speed-{datetime.date.today()}{'-quick' if args.quick else ''}.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"total {record['total_seconds']:.0f} s; results in {output.relative_to(ROOT) if output.is_relative_to(ROOT) else output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -91,10 +91,10 @@ def run_contender(name: str, args: argparse.Namespace) -> dict:
 
     class StepClock(TrainerCallback):
         def __init__(self):
-            self.ends = []
+            self.ends = []  # (wall s, whole machine's busy CPU s, this process's CPU s) at each step's end
 
         def on_step_end(self, *_, **__):
-            self.ends.append(time.perf_counter())
+            self.ends.append(_cpu_clock())
 
     class Timed(LLMFineTuner):
         """LLMFineTuner building its trainers itself; only the run is replaced by a timed one."""
@@ -140,7 +140,11 @@ def run_contender(name: str, args: argparse.Namespace) -> dict:
     rss_before = _rss_now()
     load = os.getloadavg()[0]
     trainer.train()
-    seconds = [b - a for a, b in zip(clock.ends[args.warmup - 1:], clock.ends[args.warmup:])]
+    spans = list(zip(clock.ends[args.warmup - 1:], clock.ends[args.warmup:]))
+    seconds = [b[0] - a[0] for a, b in spans]
+    # CPU time other processes took during each step, as a share of the machine: other jobs on 2 cores
+    # slow a 2-thread torch step far more than their share (threads wait for each other at every op).
+    others = [max(0.0, (b[1] - a[1]) - (b[2] - a[2])) / ((b[0] - a[0]) * os.cpu_count()) for a, b in spans]
     tokens = counted[args.warmup:args.warmup + len(seconds)]
     return {
         "contender": name, "description": CONTENDERS[name], **extra,
@@ -148,6 +152,7 @@ def run_contender(name: str, args: argparse.Namespace) -> dict:
         "tokens_per_s": statistics.median(t / s for t, s in zip(tokens, seconds)),
         "tokens_per_s_overall": sum(tokens) / sum(seconds),
         "step_seconds": [round(s, 3) for s in seconds], "step_tokens": tokens,
+        "others_cpu_share": statistics.median(others), "step_others_cpu_share": [round(o, 2) for o in others],
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "rss_before_train_gb": rss_before,
         "student_params": models.count_parameters(trainer.model),
@@ -227,6 +232,14 @@ def trl_trainer(ft, cfg, student, tokenizer, data):
                      train_sampling_strategy="group_by_length")  # the same batches as the other contenders
     teacher = models.load_teacher(cfg.teacher, models.precision_policy())
     return GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=train, processing_class=tokenizer)
+
+
+def _cpu_clock() -> tuple[float, float, float]:
+    """Wall seconds, busy CPU seconds of the whole machine (/proc/stat), CPU seconds of this process."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    busy = sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait
+    own = os.times()
+    return time.perf_counter(), busy / os.sysconf("SC_CLK_TCK"), own.user + own.system
 
 
 def _rss_now() -> float:
@@ -321,7 +334,7 @@ def report(results: dict, machine: dict, startup: list[float]) -> dict:
     console = Console(highlight=False, width=150)
     peak = machine["matmul_gflops"]["bfloat16"]
     table = Table(title="Distillation speed", title_justify="left")
-    for column in ("contender", "s/step", "counted tok/s", "peak RSS", "% bf16 peak", "vs plain tok/s", "load"):
+    for column in ("contender", "s/step", "counted tok/s", "peak RSS", "% bf16 peak", "vs plain tok/s", "others' CPU"):
         table.add_column(column, justify="left" if column == "contender" else "right")
     plain = results.get("plain")
     for name, r in results.items():
@@ -329,7 +342,7 @@ def report(results: dict, machine: dict, startup: list[float]) -> dict:
         table.add_row(r["description"], f"{r['s_per_step']:.2f}", f"{r['tokens_per_s']:.0f}",
                       f"{r['peak_rss_gb']:.2f} GB", f"{100 * r['flops_share']:.1f}%",
                       f"{r['tokens_per_s'] / plain['tokens_per_s']:.2f}x" if plain else "-",
-                      f"{r['load_before']:.1f}→{r['load_after']:.1f}")
+                      f"{100 * r['others_cpu_share']:.0f}%")
     console.print(table)
     ratios = {}
     for ours in ("finetuner", "finetuner_autocast"):

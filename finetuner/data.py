@@ -72,6 +72,9 @@ class PreparedData:
 
 def load_rows(cfg: RunConfig) -> datasets.Dataset:
     """The raw rows of the configured dataset, whatever it is."""
+    import datasets
+
+    datasets.disable_progress_bars()  # "Generating train split" bars; finetuner reports what it loaded
     kind = dataset_kind(cfg.dataset)
     if kind == "builtin":
         return _load_file(builtin_dataset_file(cfg.dataset))

@@ -1,5 +1,7 @@
 """The one console, the one user-facing error type, and the summary table.
 
+Message lines never wrap (soft_wrap): hints often hold a command to copy and paste.
+
 Everything the user reads goes through `console`. User strings are printed with
 markup=False so a model id like `[org/model]` is never read as rich markup.
 """
@@ -31,27 +33,27 @@ def is_interactive() -> bool:
 
 
 def step(text: str) -> None:
-    console.print(f"[bold cyan]▶[/] {_escape(text)}")
+    console.print(f"[bold cyan]▶[/] {_escape(text)}", soft_wrap=True)
 
 
 def info(text: str) -> None:
-    console.print(text, markup=False)
+    console.print(text, markup=False, soft_wrap=True)
 
 
 def success(text: str) -> None:
-    console.print(f"[bold green]✔[/] {_escape(text)}")
+    console.print(f"[bold green]✔[/] {_escape(text)}", soft_wrap=True)
 
 
 def warning(text: str) -> None:
-    console.print(f"[bold yellow]![/] {_escape(text)}")
+    console.print(f"[bold yellow]![/] {_escape(text)}", soft_wrap=True)
 
 
 def error(err: UserError) -> None:
-    err_console.print(f"[bold red]Error:[/] {_escape(err.message)}")
+    err_console.print(f"[bold red]Error:[/] {_escape(err.message)}", soft_wrap=True)
     for line in err.details:
-        err_console.print(f"  - {_escape(line)}")
+        err_console.print(f"  - {_escape(line)}", soft_wrap=True)
     if err.hint:
-        err_console.print(f"[dim]Hint:[/] {_escape(err.hint)}")
+        err_console.print(f"[dim]Hint:[/] {_escape(err.hint)}", soft_wrap=True)
 
 
 def table(title: str, rows: Mapping[str, object] | Iterable[tuple[str, object]]) -> None:

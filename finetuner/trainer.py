@@ -52,19 +52,10 @@ class DistillationTrainer(Trainer):
         self._micro_batches = 0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs["labels"]
-        student = _unwrap(self.accelerator.unwrap_model(model))
-        # Hidden states only: the LM head runs later on counted positions alone, which avoids
-        # [batch, length, vocab] logits for both models.
-        student_hidden = student.get_decoder()(input_ids=inputs["input_ids"],
-                                               attention_mask=inputs["attention_mask"]).last_hidden_state
-        with torch.no_grad():
-            teacher_hidden = self.teacher.get_decoder()(input_ids=inputs["input_ids"],
-                                                        attention_mask=inputs["attention_mask"]).last_hidden_state
-        result = kd_loss_from_hidden(student_hidden, teacher_hidden, student.get_output_embeddings(),
-                                     self.teacher.get_output_embeddings(), labels, temperature=self.temperature,
-                                     alpha=self.alpha, num_items_in_batch=num_items_in_batch,
-                                     vocab_size=self.vocab_size, chunk_size=self.chunk_size)
+        # accelerate applies mixed precision by wrapping model.forward; we call the decoder
+        # directly, so enter the same autocast here (measured: 7.5 -> 4.3 s/step on 2 cores).
+        with self.accelerator.autocast():
+            result = self._kd(model, inputs, num_items_in_batch)
         loss = result.loss
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             # num_items_in_batch was summed over processes; DDP averages gradients (as Trainer does).
@@ -75,6 +66,21 @@ class DistillationTrainer(Trainer):
             self._parts["kl"] += float(result.kl)
             self._micro_batches += 1
         return (loss, None) if return_outputs else loss
+
+    def _kd(self, model, inputs, num_items_in_batch):
+        student = _unwrap(self.accelerator.unwrap_model(model))
+        # Hidden states only: each LM head then runs on counted positions alone, so neither model
+        # ever produces [batch, length, vocab] logits.
+        student_hidden = student.get_decoder()(input_ids=inputs["input_ids"],
+                                               attention_mask=inputs["attention_mask"]).last_hidden_state
+        with torch.no_grad():
+            teacher_hidden = self.teacher.get_decoder()(input_ids=inputs["input_ids"],
+                                                        attention_mask=inputs["attention_mask"]).last_hidden_state
+        return kd_loss_from_hidden(student_hidden, teacher_hidden, student.get_output_embeddings(),
+                                   self.teacher.get_output_embeddings(), inputs["labels"],
+                                   temperature=self.temperature, alpha=self.alpha,
+                                   num_items_in_batch=num_items_in_batch, vocab_size=self.vocab_size,
+                                   chunk_size=self.chunk_size)
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
         if self._micro_batches and "loss" in logs:

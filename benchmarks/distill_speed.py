@@ -3,16 +3,16 @@
 
     pip install -r requirements-bench.txt
     python benchmarks/distill_speed.py --quick   # under 3 minutes on 2 cores
-    python benchmarks/distill_speed.py           # the full run, ~10 minutes on 2 idle cores
+    python benchmarks/distill_speed.py           # the full run, ~12 minutes on 2 idle cores
 
 Every contender trains the same 15-layer student derived from the built-in SmolLM2-135M-Instruct
 (the teacher, for the distillation contenders) on the same GSM8K rows, prepared by
 finetuner.data.prepare, with the same batch size, sampler order and thread count. Each runs in a
 fresh subprocess (this script with --contender NAME), so peak RSS is its own. A step's time is the
-gap between consecutive `on_step_end` callbacks (data, forward, backward, optimizer, logging);
-warm-up steps are dropped, every contender runs `--repeats` times in alternating order, and medians
-over the pooled steps are reported. Counted tokens are label tokens (not -100),
-i.e. what the loss averages over, never padding.
+gap between consecutive `on_step_end` callbacks (data, forward, backward, optimizer, logging).
+Warm-up steps are dropped; every contender runs `--repeats` times in alternating order and medians
+over the pooled steps are reported. Counted tokens are label tokens (not -100), what the loss
+averages over, never padding.
 """
 
 from __future__ import annotations

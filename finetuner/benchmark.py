@@ -29,14 +29,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetuner import ui
+from finetuner import artifacts, ui
 from finetuner.data import encode_prompt
 from finetuner.formatting import render_messages_prompt, render_prompt
 
 METRICS = ("rouge1", "rouge2", "rougeL")
 METRIC_NAMES = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L"}
 REPORT_FILE = "benchmark.json"
-HELDOUT_FILE = "heldout.jsonl"
 
 
 # ---- scoring --------------------------------------------------------------------------------
@@ -348,17 +347,9 @@ def load(out_dir: str | Path) -> dict | None:
 # ---- the stage ------------------------------------------------------------------------------
 
 def read_heldout(out_dir: str | Path, limit: int) -> list[dict]:
-    path = Path(out_dir) / HELDOUT_FILE
-    rows = []
-    if path.is_file():
-        with path.open(encoding="utf-8") as lines:
-            for line in lines:
-                if len(rows) >= limit:
-                    break
-                if line.strip():
-                    rows.append(json.loads(line))
+    rows = artifacts.read_heldout(Path(out_dir))[:limit]
     if not rows:
-        raise ui.UserError(f"no held-out prompts to benchmark in {path}",
+        raise ui.UserError(f"no held-out prompts to benchmark in {Path(out_dir) / artifacts.HELDOUT_FILE}",
                            hint="raise eval_fraction so some rows are kept out of training, "
                                 "or set benchmark=false")
     return rows

@@ -51,7 +51,4 @@ def _on_disk(name: str) -> str | None:
 
 def benchmark_output(cfg: RunConfig, out_dir: str | Path, show_samples: int = 0) -> dict:
     out_dir = Path(out_dir)
-    if not artifacts.read_heldout(out_dir):
-        raise ui.UserError(f"{out_dir} has no held-out prompt/response pairs to benchmark on",
-                           hint="plain-text datasets have no references; ROUGE needs prompt/response pairs")
     return run_benchmark(cfg, out_dir, models_to_compare(cfg, out_dir), show_samples=show_samples)

@@ -15,8 +15,8 @@ from finetuner import benchmark
 from finetuner.config import applies
 from finetuner.sources import BUILTIN_DATASETS, BUILTIN_MODELS, dataset_kind, model_kind
 from finetuner.ui import UserError
+from finetuner.wizard import ANSWERS_FILE
 
-ANSWERS_FILE = "finetuner-answers.yaml"
 CARD_FILE = "README.md"
 # Hub ids and licenses of the built-ins (sources.py knows only where they are installed).
 BUILTIN_MODEL_HUB = {"smollm2-135m-instruct": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")}

@@ -131,10 +131,10 @@ class LLMFineTuner:
         cfg = self.cfg
         set_seed(cfg.seed)  # before the adapter exists: LoRA's A matrices start random
         checkpoint = self._checkpoint_to_resume(resume)
-        tokenizer = models.load_tokenizer(cfg.model)
-        data = self._prepare_data(tokenizer)
         if cfg.method == "qlora" and (why := adapters.quantization_available(cfg.quantization)):
             raise ui.UserError(f"QLoRA {cfg.quantization} can't run here: {why}", hint="use method lora")
+        tokenizer = models.load_tokenizer(cfg.model)
+        data = self._prepare_data(tokenizer)
 
         ui.step(f"Loading {cfg.model}")
         model = models.load_model(cfg.model, quantization=cfg.quantization if cfg.method == "qlora" else None)
@@ -152,17 +152,17 @@ class LLMFineTuner:
         teacher_tokenizer = models.load_tokenizer(cfg.teacher)
         student_tokenizer = teacher_tokenizer if cfg.student == cfg.teacher else models.load_tokenizer(cfg.student)
         vocab_size = models.check_tokenizers_match(teacher_tokenizer, student_tokenizer)
+        for note in models.check_student_plan(cfg.teacher, cfg.student, cfg.student_layers):  # configs only
+            ui.warning(note)
         data = self._prepare_data(student_tokenizer)
 
         precision = models.precision_policy()
         student = self._load_student()
         ui.step(f"Loading teacher {cfg.teacher} ({str(precision.teacher_dtype).removeprefix('torch.')})")
         teacher = models.load_teacher(cfg.teacher, precision)
-        teacher.to(self._device())
+        teacher.to(precision.device)
         ui.info(f"teacher {models.count_parameters(teacher) / 1e6:.1f}M parameters, "
                 f"student {models.count_parameters(student) / 1e6:.1f}M")
-        if models.count_parameters(student) > models.count_parameters(teacher):
-            ui.warning("the student is larger than its teacher; distillation usually compresses")
         if cfg.student_training == "lora":
             student = adapters.apply_adapter(cfg, student, self._total_steps(data))
         _report_trainable(student)
@@ -204,9 +204,6 @@ class LLMFineTuner:
             return models.load_model(cfg.student)
         ui.step(f"Deriving the student: {cfg.student_layers} layers of {cfg.student}")
         return models.derive_student(models.load_model(cfg.student), cfg.student_layers)
-
-    def _device(self) -> torch.device:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     def _total_steps(self, data: PreparedData) -> int:
         cfg = self.cfg
@@ -303,6 +300,6 @@ class LLMFineTuner:
 
 
 def _report_trainable(model) -> None:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    trainable = models.count_parameters(model, trainable_only=True)
+    total = models.count_parameters(model)
     ui.info(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)")

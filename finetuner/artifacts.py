@@ -14,6 +14,7 @@ LOSS_CURVE = "loss_curve.png"
 MODEL_DIR = "model"
 ADAPTER_DIR = "adapter"
 CHECKPOINTS_DIR = "checkpoints"
+STUDENT_LAYERS_FILE = "student_layers.json"  # which teacher layers a derived student kept
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
@@ -70,3 +71,8 @@ def plot_loss(log_history: list[dict], path: Path) -> Path | None:
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+def read_student_layers(out_dir: Path) -> list[int] | None:
+    path = out_dir / STUDENT_LAYERS_FILE
+    return json.loads(path.read_text())["kept"] if path.is_file() else None

@@ -22,6 +22,7 @@ benchmark.json (written by `save`):
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 import time
@@ -117,6 +118,30 @@ def _answer_length(tokens: list[int], stop_ids: set[int]) -> int:
     return len(tokens)
 
 
+def perplexity(model, tokenizer, heldout: list[dict], max_length: int, batch_size: int = 8) -> float:
+    """exp(mean negative log-likelihood per reference-answer token), prompts given, tokenized as
+    in training. Teacher forcing only, so it is cheap and independent of decoding choices."""
+    import torch
+    import torch.nn.functional as F
+
+    from finetuner.data import encode_heldout, make_collator
+
+    encoded = encode_heldout(heldout, tokenizer, max_length)
+    collate = make_collator(tokenizer)
+    model.eval()
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for i in range(0, len(encoded), batch_size):
+            batch = collate([{**e, "attention_mask": [1] * len(e["input_ids"])} for e in encoded[i:i + batch_size]])
+            batch = {k: v.to(model.device) for k, v in batch.items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            labels = batch["labels"][:, 1:]
+            total += float(F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels,
+                                           ignore_index=-100, reduction="sum"))
+            count += int((labels != -100).sum())
+    return math.exp(total / count) if count else float("nan")
+
+
 # ---- memory ---------------------------------------------------------------------------------
 
 class _PeakMemory:
@@ -199,14 +224,14 @@ class ModelResult:
 
 
 def evaluate(label: str, model, tokenizer, heldout: list[dict], max_new_tokens: int,
-             model_dir: str | Path | None = None, keep_samples: int = 3) -> ModelResult:
+             model_dir: str | Path | None = None, keep_samples: int = 3, batch_size: int = 8) -> ModelResult:
     prompts = [row.get("messages") or row["prompt"] for row in heldout]
     references = [row["reference"] for row in heldout]
     # A model's first generate call pays one-off setup (up to seconds on CPU); keep it out of
     # tokens/s so the first model benchmarked is not made to look slower.
     generate(model, tokenizer, prompts[:1], max_new_tokens=2)
     with _PeakMemory(model.device) as memory:
-        answers, stats = generate(model, tokenizer, prompts, max_new_tokens)
+        answers, stats = generate(model, tokenizer, prompts, max_new_tokens, batch_size=batch_size)
     samples = [{"prompt": p, "reference": r, "generation": g}
                for p, r, g in list(zip([row["prompt"] for row in heldout], references, answers))[:keep_samples]]
     return ModelResult(

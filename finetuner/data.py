@@ -374,6 +374,14 @@ def _tokenize(examples: list[dict], fmt: DataFormat, tokenizer, max_length: int)
     return encoded, counts
 
 
+def encode_heldout(rows: list[dict], tokenizer, max_length: int) -> list[dict]:
+    """Held-out rows ({"prompt", "reference"}, + "messages" for chat) as {"input_ids", "labels"},
+    tokenized exactly as training tokenizes a row, so a perplexity scores what training optimised."""
+    examples = [{**row, "response": row["reference"]} for row in rows]
+    encoded, _ = _tokenize(examples, DataFormat("pairs", ("prompt",), "response"), tokenizer, max_length)
+    return [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in encoded]
+
+
 def _to_dataset(encoded: list[dict]) -> datasets.Dataset:
     import datasets
 

@@ -38,7 +38,8 @@ def models_to_compare(cfg: RunConfig, out_dir: Path) -> list[tuple]:
     if cfg.student_layers is None:
         before, before_dir = models.load_model(cfg.student), _on_disk(cfg.student)
     else:
-        before, before_dir = models.derive_student(models.load_model(cfg.student), cfg.student_layers), None
+        kept = artifacts.read_student_layers(out_dir)  # the layers training started from
+        before, before_dir = models.derive_student(models.load_model(cfg.student), cfg.student_layers, kept), None
     return [("teacher", teacher, models.load_tokenizer(cfg.teacher), _on_disk(cfg.teacher)),
             ("student before", before, tokenizer, before_dir),
             ("student after", trained, tokenizer, trained_dir)]

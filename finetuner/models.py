@@ -364,6 +364,37 @@ def student_layer_indices(total: int, keep: int) -> list[int]:
     return [math.floor(i * (total - 1) / (keep - 1) + 0.5) for i in range(keep)]
 
 
+def block_drop_candidates(total: int, keep: int) -> list[list[int]]:
+    """Every way to keep `keep` of `total` layers by dropping one contiguous block, first and last kept."""
+    drop = total - keep
+    if drop == 0 or keep < 2:
+        return [student_layer_indices(total, keep)]
+    return [[i for i in range(total) if not start <= i < start + drop] for start in range(1, keep)]
+
+
+def choose_student_layers(model, keep: int, batch: dict) -> tuple[list[int], float]:
+    """Which layers a derived student keeps: of the students that drop one contiguous block of
+    layers, the one with the lowest loss on `batch` (training rows; input_ids, attention_mask, labels).
+
+    Why not every other layer (DistilBERT's recipe): in a decoder, each layer's output is the next
+    one's input, and removing every other layer breaks that chain everywhere; removing one block
+    breaks it once (Gromov et al. 2024, Minitron 2024). Measured on SmolLM2-135M-Instruct, 15 of
+    30 layers, GSM8K (benchmarks/quality_study.py): perplexity before training 473,660 (every
+    other) vs 319 (best block); after 20 distillation steps, 64.8 vs 13.0.
+    """
+    _, layers = _layer_stack(model)
+    best, best_loss = None, math.inf
+    for kept in block_drop_candidates(len(layers), keep):
+        candidate = derive_student(model, keep, kept)
+        candidate.eval()
+        with torch.inference_mode():
+            loss = float(candidate(**batch).loss)
+        del candidate
+        if loss < best_loss:
+            best, best_loss = kept, loss
+    return best, best_loss
+
+
 def _layer_stack(model) -> tuple[str, nn.ModuleList]:
     for path in _LAYER_STACKS:
         module = model
@@ -376,8 +407,9 @@ def _layer_stack(model) -> tuple[str, nn.ModuleList]:
                     f"Llama-style or GPT-2-style models keep them", hint="pick a separate student model")
 
 
-def derive_student(model, keep_layers: int):
-    """A new fp32 model keeping `keep_layers` evenly spaced decoder layers of `model`.
+def derive_student(model, keep_layers: int, kept: list[int] | None = None):
+    """A new fp32 model keeping `keep_layers` decoder layers of `model`: those in `kept`, or
+    evenly spaced ones (see `choose_student_layers` for a better choice).
 
     Built fresh from a shrunken config, so per-layer indices (the KV cache's `layer_idx`) and
     `config.layer_types` are right by construction; weights are copied from the kept layers.
@@ -386,7 +418,9 @@ def derive_student(model, keep_layers: int):
     total = len(layers)
     if not 1 <= keep_layers <= total:
         raise UserError(f"student_layers must be between 1 and {total}, got {keep_layers}")
-    kept = student_layer_indices(total, keep_layers)
+    kept = list(kept) if kept is not None else student_layer_indices(total, keep_layers)
+    if len(kept) != keep_layers or sorted(set(kept)) != kept or not all(0 <= i < total for i in kept):
+        raise ValueError(f"kept layers {kept} are not {keep_layers} distinct increasing indices below {total}")
 
     config = copy.deepcopy(model.config)
     config.num_hidden_layers = keep_layers  # GPT-2's attribute_map routes this to n_layer

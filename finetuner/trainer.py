@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 
-from finetuner import adapters, artifacts, models, ui
+from finetuner import adapters, artifacts, disk, models, ui
 from finetuner.config import RunConfig
 from finetuner.data import PreparedData, make_collator, prepare
 from finetuner.interrupt import GracefulInterrupt
@@ -109,6 +109,16 @@ def last_complete_checkpoint(directory: Path) -> str | None:
     return None
 
 
+CALIBRATION_ROWS = 8  # training rows that pick a derived student's layers
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA raises torch.OutOfMemoryError; a failed CPU allocation is a plain RuntimeError."""
+    text = str(exc)
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "can't allocate memory" in text \
+        or "out of memory" in text.lower()
+
+
 def vocab_rows(model) -> int:
     return model.get_output_embeddings().weight.shape[0]
 
@@ -133,6 +143,7 @@ class LLMFineTuner:
         checkpoint = self._checkpoint_to_resume(resume)
         if cfg.method == "qlora" and (why := adapters.quantization_available(cfg.quantization)):
             raise ui.UserError(f"QLoRA {cfg.quantization} can't run here: {why}", hint="use method lora")
+        disk.check_space(cfg)
         tokenizer = models.load_tokenizer(cfg.model)
         data = self._prepare_data(tokenizer)
 
@@ -154,10 +165,11 @@ class LLMFineTuner:
         vocab_size = models.check_tokenizers_match(teacher_tokenizer, student_tokenizer)
         for note in models.check_student_plan(cfg.teacher, cfg.student, cfg.student_layers):  # configs only
             ui.warning(note)
+        disk.check_space(cfg)
         data = self._prepare_data(student_tokenizer)
 
         precision = models.precision_policy()
-        student = self._load_student()
+        student = self._load_student(data, student_tokenizer)
         ui.step(f"Loading teacher {cfg.teacher} ({str(precision.teacher_dtype).removeprefix('torch.')})")
         teacher = models.load_teacher(cfg.teacher, precision)
         teacher.to(precision.device)
@@ -197,13 +209,21 @@ class LLMFineTuner:
         artifacts.write_heldout(self.out, data.heldout)
         return data
 
-    def _load_student(self):
+    def _load_student(self, data: PreparedData, tokenizer):
         cfg = self.cfg
         if cfg.student_layers is None:
             ui.step(f"Loading student {cfg.student}")
             return models.load_model(cfg.student)
         ui.step(f"Deriving the student: {cfg.student_layers} layers of {cfg.student}")
-        return models.derive_student(models.load_model(cfg.student), cfg.student_layers)
+        base = models.load_model(cfg.student)
+        rows = data.train.select(range(min(CALIBRATION_ROWS, len(data.train))))
+        batch = make_collator(tokenizer)(list(rows))
+        kept, loss = models.choose_student_layers(base, cfg.student_layers, dict(batch))
+        ui.info(f"keeping layers {kept}: of the students that drop one block of layers, the lowest loss "
+                f"({loss:.3f}) on {len(rows)} training rows")
+        artifacts.write_json(self.out / artifacts.STUDENT_LAYERS_FILE,
+                             {"kept": kept, "of": models.layer_info(cfg.student).layers, "calibration_loss": loss})
+        return models.derive_student(base, cfg.student_layers, kept)
 
     def _total_steps(self, data: PreparedData) -> int:
         cfg = self.cfg
@@ -251,7 +271,9 @@ class LLMFineTuner:
             trainer.add_callback(interrupt)
             try:
                 output = trainer.train(resume_from_checkpoint=checkpoint)
-            except (torch.OutOfMemoryError, MemoryError):
+            except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
+                if isinstance(exc, RuntimeError) and not is_out_of_memory(exc):
+                    raise
                 raise ui.UserError(
                     "ran out of memory while training",
                     hint="lower batch_size (raise gradient_accumulation to keep the effective batch) or "

@@ -9,6 +9,7 @@ the shapes huggingface_hub 2.4 parses (hf_api.py, _commit_api.py):
   POST /api/validate-yaml                         -> {"errors": [], "warnings": []}
   POST /api/models/{ns}/{name}/preupload/{rev}    -> every file "regular" (no LFS/Xet)
   POST /api/models/{ns}/{name}/commit/{rev}       -> ndjson with base64 contents; files kept in memory
+  GET/HEAD /{ns}/{name}/resolve/{rev}/{file}      -> downloads: 404 RepoNotFound for an unknown repo
 
 Failure modes are the real Hub's: a wrong or missing token gets 401 "Invalid credentials in
 Authorization header"; creating or writing outside the user's own namespaces gets 403.
@@ -45,6 +46,7 @@ class Repo:
 
 
 _REPO_ROUTE = re.compile(r"^/api/models/([^/]+)/([^/]+)(?:/(preupload|commit)/([^/]+))?$")
+_RESOLVE_ROUTE = re.compile(r"^/([^/]+)/([^/]+)/resolve/([^/]+)/(.+)$")
 
 
 class HubServer:
@@ -84,6 +86,8 @@ class HubServer:
     def handle(self, method: str, path: str, headers: dict[str, str], body: bytes):
         path = path.split("?", 1)[0]
         route = _route_name(method, path)
+        if download := _RESOLVE_ROUTE.match(path):
+            return self._download(f"{download.group(1)}/{download.group(2)}")
         if route in self.fail:
             return self.fail[route], {"error": f"forced failure on {route}"}, {}
         if headers.get("authorization") != f"Bearer {self.token}":
@@ -113,6 +117,12 @@ class HubServer:
             return 200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
                                     "oid": None} for f in files], "commitOid": self._head(repo_id)}, {}
         return self._commit(repo_id, body)
+
+    def _download(self, repo_id: str):
+        if repo_id not in self.repos:
+            return 404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound",
+                                                             "X-Error-Message": "Repository not found"}
+        return 404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"}  # uploads only; no files served
 
     def _namespaces(self) -> set[str]:
         return {self.user, *self.orgs}
@@ -185,7 +195,10 @@ def _handler_for(hub: HubServer) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             self._serve()
 
-        def _serve(self) -> None:
+        def do_HEAD(self) -> None:
+            self._serve(send_body=False)
+
+        def _serve(self, send_body: bool = True) -> None:
             body = self._read_body()
             headers = {k.lower(): v for k, v in self.headers.items()}
             hub.record(Recorded(self.command, self.path, headers, body))
@@ -197,7 +210,8 @@ def _handler_for(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             for key, value in extra.items():
                 self.send_header(key, value)
             self.end_headers()
-            self.wfile.write(data)
+            if send_body:
+                self.wfile.write(data)
 
         def _read_body(self) -> bytes:
             if self.headers.get("Transfer-Encoding", "").lower() == "chunked":

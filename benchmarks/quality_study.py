@@ -256,6 +256,20 @@ def show(rows: list[dict], teacher: str) -> None:
     ui.console.print(table, width=max(ui.console.width, 170))
 
 
+def markdown(rows: list[dict], teacher: str) -> str:
+    """The table as Markdown, for README."""
+    t = next(r for r in rows if r["label"] == teacher)
+    lines = ["| model | params | size | ROUGE-1 | ROUGE-2 | ROUGE-L | perplexity | accuracy | tokens/s | "
+             "ROUGE-L vs teacher | speed vs teacher |", "|---|" + "---:|" * 10]
+    for r in rows:
+        retained = f"{r['rouge']['rougeL'] / t['rouge']['rougeL']:.0%}" if t["rouge"]["rougeL"] else "-"
+        lines.append(f"| {r['label']} | {r['parameters'] / 1e6:.1f}M | {r['size_on_disk_mb']:.0f} MB | "
+                     + " | ".join(f"{r['rouge'][m]:.3f}" for m in benchmark.METRICS)
+                     + f" | {r['perplexity']:.2f} | {r['accuracy']:.1%} | {r['tokens_per_s']:.1f} | {retained} | "
+                       f"{r['tokens_per_s'] / t['tokens_per_s']:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
 def chart(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -361,6 +375,7 @@ def main() -> int:
     stem = f"quality_study-{name}{suffix}-{report['date']}"
     artifacts.write_json(RESULTS / f"{stem}.json", report)
     if not args.skip_baselines:
+        artifacts.write_text_atomic(RESULTS / f"{stem}.md", markdown(rows, "fine-tuned teacher"))
         chart(rows, RESULTS / f"{stem}.png", f"finetuner quality study ({name}): SmolLM2-135M-Instruct on "
                                               f"held-out GSM8K, {report['date']}")
     ui.info(f"wrote {RESULTS / stem}.json ({report['total_seconds'] / 60:.1f} minutes)")

@@ -70,8 +70,8 @@ class Preset:
 
 
 PRESETS = {
-    "quick": Preset(heldout_rows=48, generate_rows=16, train_rows=400, max_length=256, teacher_steps=20,
-                    student_steps=20, batch_size=8, max_new_tokens=96, speed_tokens=32, speed_rounds=3),
+    "quick": Preset(heldout_rows=48, generate_rows=12, train_rows=400, max_length=256, teacher_steps=16,
+                    student_steps=16, batch_size=8, max_new_tokens=96, speed_tokens=32, speed_rounds=3),
     "full": Preset(heldout_rows=200, generate_rows=48, train_rows=1119, max_length=320, teacher_steps=120,
                    student_steps=160, batch_size=8, max_new_tokens=192, speed_tokens=64, speed_rounds=5),
     # For a lent GPU: the whole training part, more steps, more held-out answers.

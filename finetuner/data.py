@@ -9,8 +9,10 @@ part of it out. Bad data becomes a `UserError` that names the file and, where it
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,7 +100,8 @@ def _load_file(path: Path) -> datasets.Dataset:
         _check_utf8(path)
     try:
         options = {"features": _csv_string_features(path)} if builder == "csv" else {}
-        rows = datasets.load_dataset(builder, data_files=str(path), split="train", **options)
+        with _reader_errors_unlogged():
+            rows = datasets.load_dataset(builder, data_files=str(path), split="train", **options)
     except Exception as err:  # every reader fails differently; _unreadable says why in the user's terms
         raise _unreadable(path, err) from err
     if path.suffix.lower() == ".json" and (wrapper := _wrapping_field(path, rows)):
@@ -107,6 +110,19 @@ def _load_file(path: Path) -> datasets.Dataset:
     if rows.num_rows == 0:
         raise UserError(f"{path} has no rows", hint="it needs at least one row of data")
     return rows
+
+
+@contextlib.contextmanager
+def _reader_errors_unlogged():
+    """datasets' JSON reader logs its own error line (an Arrow message) before raising; the user
+    should read only ours, which names the line."""
+    logger = logging.getLogger("datasets.packaged_modules.json.json")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _csv_string_features(path: Path) -> datasets.Features:

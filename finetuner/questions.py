@@ -66,7 +66,7 @@ QUESTIONS: tuple[Question, ...] = (
     Question("teacher", "Teacher model (the larger one)", help=_MODELS_HINT),
     Question("student", "Student model (Enter derives it from the teacher)", help=_MODELS_HINT),
     Question("student_layers", _student_layers_prompt, default=_half_of_teacher,
-             help="DistilBERT-style: keep evenly spaced layers of the teacher, first and last included."),
+             help="The teacher minus one block of layers (first and last kept), the block chosen by loss on your data."),
     Question("output_dir", "Output directory"),
     Question("dataset", "Dataset", help=_DATA_HINT),
     Question("dataset_config", "Dataset config name (Enter for none)"),

@@ -143,3 +143,42 @@ def _complete_answers(out: Path) -> str:
     from finetuner.config import RunConfig
 
     return yaml.safe_dump(RunConfig(approach="distillation", output_dir=str(out)).to_answers())
+
+
+# ---- arbitrary typing -----------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+KEYS = st.sampled_from([ENTER, ENTER, ENTER, DOWN, "\x1b[A", CLEAR_LINE, "\x7f", "0", "7", "-", ".", "e", "a",
+                        "/", " ", "y", "n", "lora", "2e-4", "1.5"])
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(KEYS, max_size=60))
+def test_any_keystrokes_end_in_a_valid_plan_or_a_clear_exit(tmp_path, keys):
+    """A person typing anything, then pressing Enter until the wizard is done (or giving up with
+    Ctrl-C): the wizard ends with a valid plan, a one-line error, or "Cancelled.", never a traceback."""
+    import uuid
+
+    from finetuner.config import RunConfig
+
+    out = tmp_path / uuid.uuid4().hex
+    child = spawn("--dry-run", "--set", f"output_dir={out}")
+    child.delaybeforesend = 0.01
+    for key in [*keys, *[ENTER] * 40, CTRL_C]:
+        if not child.isalive():
+            break
+        try:
+            child.send(key)
+        except OSError:  # the wizard finished between the check and the write
+            break
+    output = finish(child)
+    assert "Traceback" not in output, output
+    assert child.exitstatus in (0, 1, 130), output
+    if child.exitstatus == 0:
+        RunConfig(**yaml.safe_load((out / "finetuner-answers.yaml").read_text()))
+    elif child.exitstatus == 1:
+        assert "Error:" in output
+    else:
+        assert "Cancelled." in output

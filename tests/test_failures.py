@@ -43,7 +43,7 @@ def assert_fails(result, *fragments: str) -> None:
     for fragment in fragments:
         assert fragment in err, err
     assert "Traceback" not in out + err
-    assert err.count("Error:") == 1, err  # one message, not a cascade
+    assert err.startswith("Error:"), err  # our one message, not a library's log lines before it
 
 
 def assert_warns_and_finishes(result, *fragments: str) -> None:
@@ -55,7 +55,7 @@ def assert_warns_and_finishes(result, *fragments: str) -> None:
 
 
 def fine_tune(model: Path, dataset: Path | str, **extra) -> dict:
-    return dict(approach="fine-tuning", model=str(model), method="lora", dataset=str(dataset), **extra)
+    return {"approach": "fine-tuning", "model": str(model), "method": "lora", "dataset": str(dataset), **extra}
 
 
 def write(path: Path, content: str | bytes) -> Path:
@@ -69,7 +69,8 @@ QA = "".join(json.dumps(r) + "\n" for r in arithmetic_pairs(16))
 
 BAD_DATA = {
     "empty file": ("data.jsonl", "", "is empty"),
-    "a JSONL line that is not JSON": ("data.jsonl", QA[:200].rsplit("\n", 2)[0] + "\n{oops\n", "line 3"),
+    "a JSONL line that is not JSON": ("data.jsonl", "".join(QA.splitlines(keepends=True)[:2]) + "{oops\n",
+                                      "line 3 is not valid JSON"),
     "a CSV without the needed columns": ("data.csv", "title,body\na,b\nc,d\n", "found no column to train on"),
     "no usable text column": ("data.jsonl", '{"id": 1, "score": 2}\n{"id": 2, "score": 3}\n',
                               "found no column to train on (columns: id, score)"),
@@ -154,10 +155,13 @@ def test_student_layers_out_of_range(tmp_path, tiny_llama, qa_file):
 
 
 def test_4bit_where_bitsandbytes_cannot_run(tmp_path, tiny_llama, qa_file):
-    # A bitsandbytes whose native library fails to load, as on an unsupported machine.
-    broken = tmp_path / "site" / "bitsandbytes"
-    broken.mkdir(parents=True)
-    write(broken / "__init__.py", "raise OSError('libbitsandbytes_cpu.so: cannot open shared object file')\n")
+    # bitsandbytes installed without its native libraries, as on a platform it has no build for.
+    import importlib.util
+    import shutil
+
+    installed = Path(importlib.util.find_spec("bitsandbytes").submodule_search_locations[0])
+    shutil.copytree(installed, tmp_path / "site" / "bitsandbytes", ignore=shutil.ignore_patterns("*.so", "*.dll",
+                                                                                                 "*.dylib"))
     result = cli(tmp_path, **fine_tune(tiny_llama, qa_file, method="qlora", quantization="4bit"),
                  env={"PYTHONPATH": str(tmp_path / "site")})
     assert_fails(result, "QLoRA 4bit can't run here", "use method lora")
@@ -186,15 +190,22 @@ def test_running_out_of_memory_names_what_to_lower(tmp_path, tiny_llama, qa_file
     rows = "".join(json.dumps({"question": "What is it? " * 200, "answer": "yes " * 300}) + "\n" for _ in range(64))
     data = write(tmp_path / "long.jsonl", rows)
     cap = (tmp_path / "cap.py")
-    write(cap, "import resource, runpy, sys\n"
-               "resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv.pop(1)),) * 2)\n"
-               "sys.argv.pop(0); runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    # The cap is what the process has mapped once the libraries are loaded, plus `headroom`:
+    # enough to load the tiny model and data, far too little for a batch of 64 x 2048 tokens.
+    write(cap, "import os, re, resource, runpy, sys\n"
+               "sys.path.insert(0, os.path.dirname(sys.argv[2]))\n"
+               "import finetuner.trainer, finetuner.data, finetuner.models\n"
+               "mapped = int(re.search(r'VmSize:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) * 1024\n"
+               "limit = mapped + int(sys.argv.pop(1))\n"
+               "resource.setrlimit(resource.RLIMIT_AS, (limit, limit))\n"
+               "sys.argv.pop(0)\n"
+               "runpy.run_path(sys.argv[0], run_name='__main__')\n")
     answers = tmp_path / "answers.yaml"
     answers.write_text(yaml.safe_dump(dict(fine_tune(tiny_llama, data), output_dir=str(tmp_path / "out"),
                                            max_samples=64, max_length=2048, batch_size=64, max_steps=1,
                                            benchmark=False, upload=False)))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, str(cap), str(6 * 2**30), str(ROOT / "finetune_cli.py"),
+    result = subprocess.run([sys.executable, str(cap), str(800 * 2**20), str(ROOT / "finetune_cli.py"),
                              "--answers", str(answers), "--defaults", "--yes"], cwd=tmp_path, env=env,
                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
     assert_fails((result.returncode, result.stdout, result.stderr), "ran out of memory",
@@ -213,7 +224,7 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path, tiny_llama, qa_file):
                              "--yes"], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:
-        if line.startswith("step 3/"):
+        if line.startswith("step "):  # training is under way (a line every 5% of the steps)
             break
     proc.send_signal(signal.SIGINT)
     time.sleep(0.05)
@@ -221,7 +232,7 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path, tiny_llama, qa_file):
     started = time.perf_counter()
     output = proc.stdout.read()
     assert proc.wait(timeout=30) == 130, output
-    assert time.perf_counter() - started < 10  # not after finishing 1600 steps
+    assert time.perf_counter() - started < 10  # not after finishing the remaining ~1400 steps
     assert "Cancelled." in output and "Traceback" not in output
     assert not (tmp_path / "out" / "model").exists()
 

@@ -192,6 +192,40 @@ def test_student_layer_indices_are_distinct_for_every_size():
             assert kept == sorted(kept)
 
 
+@pytest.mark.parametrize("total, keep", [(30, 15), (4, 3), (4, 2), (10, 9)])
+def test_block_drop_candidates_keep_both_ends_and_drop_one_block(total, keep):
+    candidates = models.block_drop_candidates(total, keep)
+    assert len(candidates) == keep - 1  # every start of the dropped block that keeps the last layer
+    for kept in candidates:
+        dropped = [i for i in range(total) if i not in kept]
+        assert len(kept) == keep and kept[0] == 0 and kept[-1] == total - 1
+        assert dropped == list(range(dropped[0], dropped[0] + total - keep))  # contiguous
+
+
+def test_the_derived_student_is_the_candidate_with_the_lowest_loss(tiny_llama, tokenizer, qa_file):
+    from finetuner.config import RunConfig
+    from finetuner.data import make_collator, prepare
+
+    teacher = models.load_model(str(tiny_llama), for_training=False)
+    data = prepare(RunConfig(dataset=str(qa_file), max_samples=8, max_length=64), tokenizer)
+    batch = dict(make_collator(tokenizer)(list(data.train)))
+    kept, loss = models.choose_student_layers(teacher, 3, batch)
+    losses = {}
+    for candidate in models.block_drop_candidates(4, 3):
+        with torch.inference_mode():
+            losses[tuple(candidate)] = float(models.derive_student(teacher, 3, candidate).eval()(**batch).loss)
+    assert len(set(losses.values())) == len(losses)  # the choice is not a tie
+    assert tuple(kept) == min(losses, key=losses.get)
+    assert loss == pytest.approx(min(losses.values()))
+
+
+def test_derive_student_refuses_layer_lists_that_do_not_fit(tiny_llama):
+    teacher = models.load_model(str(tiny_llama), for_training=False)
+    for bad in ([0, 0, 3], [0, 3], [3, 0, 1], [0, 1, 4]):
+        with pytest.raises(ValueError):
+            models.derive_student(teacher, 3, bad)
+
+
 def _check_student(teacher, student, stack: str, kept: list[int], tmp_path, tokenizer) -> None:
     teacher_state, student_state = _state(teacher), _state(student)
     prefix = stack + "."

@@ -70,8 +70,8 @@ class Preset:
 
 
 PRESETS = {
-    "quick": Preset(heldout_rows=48, generate_rows=12, train_rows=400, max_length=256, teacher_steps=16,
-                    student_steps=16, batch_size=8, max_new_tokens=96, speed_tokens=32, speed_rounds=3),
+    "quick": Preset(heldout_rows=32, generate_rows=12, train_rows=400, max_length=256, teacher_steps=14,
+                    student_steps=14, batch_size=8, max_new_tokens=96, speed_tokens=32, speed_rounds=3),
     "full": Preset(heldout_rows=200, generate_rows=48, train_rows=1119, max_length=320, teacher_steps=120,
                    student_steps=160, batch_size=8, max_new_tokens=192, speed_tokens=64, speed_rounds=5),
     # For a lent GPU: the whole training part, more steps, more held-out answers.
@@ -139,13 +139,15 @@ def student_config(preset: Preset, train_file: Path, out: Path, teacher_dir: Pat
                      **common(preset, train_file, out, learning_rate=learning_rate, max_steps=steps))
 
 
-def save_untrained_student(teacher_dir: Path, work: Path, student_run: Path) -> Path:
+def save_untrained_student(teacher_dir: Path, work: Path, student_run: Path, fresh: bool) -> Path:
     """The derived student before any training (the layers the students started from), saved so
     its size on disk can be measured."""
-    target = work / "student-untrained" / artifacts.MODEL_DIR
-    if not (target / "config.json").is_file():
-        kept = artifacts.read_student_layers(student_run)
+    out = work / "student-untrained"
+    target = out / artifacts.MODEL_DIR
+    kept = artifacts.read_student_layers(student_run)
+    if fresh or not (target / "config.json").is_file() or artifacts.read_student_layers(out) != kept:
         student = models.derive_student(models.load_model(str(teacher_dir)), STUDENT_LAYERS, kept)
+        artifacts.write_json(out / artifacts.STUDENT_LAYERS_FILE, {"kept": kept})
         student.save_pretrained(target)
         models.load_tokenizer(str(teacher_dir)).save_pretrained(target)
     return target
@@ -340,7 +342,7 @@ def main() -> int:
                                                              args.temperature, student_lr, student_steps), args.fresh)))
         stage_seconds[label] = round(time.perf_counter() - clock, 1)
 
-    untrained_dir = save_untrained_student(teacher_dir, work, students[0][2].parent)
+    untrained_dir = save_untrained_student(teacher_dir, work, students[0][2].parent, args.fresh)
     base_dir = models.resolve_model_path(BUILTIN_MODEL)
     evaluated = [] if args.skip_baselines else [("base teacher", base_dir), ("fine-tuned teacher", teacher_dir),
                                                ("untrained student", untrained_dir)]

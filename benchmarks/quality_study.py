@@ -46,7 +46,8 @@ import torch  # noqa: E402
 
 from finetuner import artifacts, benchmark, models, ui  # noqa: E402
 from finetuner.config import BUILTIN_MODEL, RunConfig  # noqa: E402
-from finetuner.data import load_rows  # noqa: E402
+from finetuner.data import encode_prompt, load_rows  # noqa: E402
+from finetuner.formatting import render_prompt  # noqa: E402
 from finetuner.trainer import LLMFineTuner  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -200,7 +201,7 @@ def decode_speed(rows: list[dict], heldout: list[dict], preset: Preset) -> None:
     for row in rows:
         model = models.load_model(row["model_dir"], for_training=False)
         tokenizer = models.load_tokenizer(row["model_dir"])
-        ids = benchmark.encode_prompt(tokenizer, [benchmark.render_prompt(tokenizer, heldout[0]["prompt"])])[0]
+        ids = encode_prompt(tokenizer, [render_prompt(tokenizer, heldout[0]["prompt"])])[0]
         loaded[row["label"]] = (model, torch.tensor([ids]), tokenizer.eos_token_id)
         _timed_generate(*loaded[row["label"]], new_tokens=4)  # one-off setup, outside the timing
     timings = {label: [] for label in loaded}

@@ -365,10 +365,10 @@ def _leading_special_ids(tokenizer) -> list[int]:
     return []
 
 
-def _tokenize(examples: list[dict], fmt: DataFormat, tokenizer, max_length: int) -> tuple[list[dict], dict[str, int]]:
+def _tokenize(examples: list[dict], plain_text: bool, tokenizer, max_length: int) -> tuple[list[dict], dict[str, int]]:
     """Examples as {"input_ids", "labels", "example"}; rows whose prompt fills max_length are dropped."""
     suffix = response_suffix(tokenizer)
-    if fmt.kind == "text":
+    if plain_text:
         prompt_ids = [[] for _ in examples]
         response_ids = encode_prompt(tokenizer, [ex["text"] + suffix for ex in examples])
     else:
@@ -394,7 +394,7 @@ def encode_heldout(rows: list[dict], tokenizer, max_length: int) -> list[dict]:
     """Held-out rows ({"prompt", "reference"}, + "messages" for chat) as {"input_ids", "labels"},
     tokenized exactly as training tokenizes a row, so a perplexity scores what training optimised."""
     examples = [{**row, "response": row["reference"]} for row in rows]
-    encoded, _ = _tokenize(examples, DataFormat("pairs", ("prompt",), "response"), tokenizer, max_length)
+    encoded, _ = _tokenize(examples, False, tokenizer, max_length)
     return [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in encoded]
 
 
@@ -442,7 +442,7 @@ def prepare(cfg: RunConfig, tokenizer) -> PreparedData:
     if len(examples) < cfg.max_samples:
         ui.info(f"max_samples is {cfg.max_samples}, but only {_rows(len(examples))} can be used; using them all")
 
-    encoded, counts = _tokenize(examples, fmt, tokenizer, cfg.max_length)
+    encoded, counts = _tokenize(examples, fmt.kind == "text", tokenizer, cfg.max_length)
     if counts["dropped_too_long"]:
         ui.warning(f"Dropped {_rows(counts['dropped_too_long'])} whose prompt alone fills "
                    f"max_length ({cfg.max_length} tokens)")

@@ -25,27 +25,25 @@ def parameter_count(name: str, keep_layers: int | None = None) -> int:
     from transformers import AutoModelForCausalLM
 
     config = models.load_config(name)
-    if keep_layers is not None:
-        config.num_hidden_layers = keep_layers
-        if isinstance(getattr(config, "layer_types", None), list):
-            config.layer_types = config.layer_types[:keep_layers]
+    if keep_layers is not None:  # which layers are kept does not change the count
+        config = models.student_config(config, models.student_layer_indices(config.num_hidden_layers, keep_layers))
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config)
     model.tie_weights()  # from_config leaves a tied LM head separate; count it once, as on disk
     return models.count_parameters(model)
 
 
+def trains_all_weights(cfg: RunConfig) -> bool:
+    """Whether checkpoints hold full weights and optimizer state (else a small adapter's)."""
+    return not cfg.uses_lora
+
+
 def bytes_needed(cfg: RunConfig) -> int:
     """About how many bytes the run writes into its output directory."""
-    if cfg.is_distillation:
-        params = parameter_count(cfg.student, cfg.student_layers)
-        full = cfg.student_training == "full"
-    else:
-        params = parameter_count(cfg.model)
-        full = False
+    params = parameter_count(cfg.student, cfg.student_layers) if cfg.is_distillation else parameter_count(cfg.model)
     weights = params * FP32_BYTES
     # LoRA: adapter checkpoints are a few MB; the merged (or, unmerged, the base-sized) model dominates.
-    checkpoints = CHECKPOINTS_KEPT * 3 * weights if full else 0
+    checkpoints = CHECKPOINTS_KEPT * 3 * weights if trains_all_weights(cfg) else 0
     return int((weights + checkpoints) * MARGIN)
 
 
@@ -61,12 +59,12 @@ def check_space(cfg: RunConfig) -> None:
     out = Path(cfg.output_dir)
     needed, free = bytes_needed(cfg), free_bytes(out)
     if needed > free:
-        what = "checkpoints and the final model" if cfg.is_distillation and cfg.student_training == "full" \
-            else "the final model"
+        full = trains_all_weights(cfg)
+        what = "checkpoints and the final model" if full else "the final model"
         raise ui.UserError(
             f"not enough disk space for {out}: about {_gb(needed)} needed ({what}), {_gb(free)} free",
             hint="free some space or choose an output_dir on a larger disk"
-                 + ("; student_training: lora writes much smaller checkpoints" if what.startswith("check") else ""))
+                 + ("; student_training: lora writes much smaller checkpoints" if full else ""))
 
 
 def _gb(count: int) -> str:

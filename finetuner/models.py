@@ -407,6 +407,17 @@ def _layer_stack(model) -> tuple[str, nn.ModuleList]:
                     f"Llama-style or GPT-2-style models keep them", hint="pick a separate student model")
 
 
+def student_config(config, kept: list[int]):
+    """A copy of a teacher's config for a student keeping the layers `kept`."""
+    total = config.num_hidden_layers
+    config = copy.deepcopy(config)
+    config.num_hidden_layers = len(kept)  # GPT-2's attribute_map routes this to n_layer
+    layer_types = getattr(config, "layer_types", None)
+    if isinstance(layer_types, list) and len(layer_types) == total:
+        config.layer_types = [layer_types[i] for i in kept]
+    return config
+
+
 def derive_student(model, keep_layers: int, kept: list[int] | None = None):
     """A new fp32 model keeping `keep_layers` decoder layers of `model`: those in `kept`, or
     evenly spaced ones (see `choose_student_layers` for a better choice).
@@ -422,11 +433,7 @@ def derive_student(model, keep_layers: int, kept: list[int] | None = None):
     if len(kept) != keep_layers or sorted(set(kept)) != kept or not all(0 <= i < total for i in kept):
         raise ValueError(f"kept layers {kept} are not {keep_layers} distinct increasing indices below {total}")
 
-    config = copy.deepcopy(model.config)
-    config.num_hidden_layers = keep_layers  # GPT-2's attribute_map routes this to n_layer
-    layer_types = getattr(config, "layer_types", None)
-    if isinstance(layer_types, list) and len(layer_types) == total:
-        config.layer_types = [layer_types[i] for i in kept]
+    config = student_config(model.config, kept)
     config.dtype = torch.float32
     student = type(model)(config).to(torch.float32)
 

@@ -222,7 +222,7 @@ class LLMFineTuner:
         ui.info(f"keeping layers {kept}: of the students that drop one block of layers, the lowest loss "
                 f"({loss:.3f}) on {len(rows)} training rows")
         artifacts.write_json(self.out / artifacts.STUDENT_LAYERS_FILE,
-                             {"kept": kept, "of": models.layer_info(cfg.student).layers, "calibration_loss": loss})
+                             {"kept": kept, "of": base.config.num_hidden_layers, "calibration_loss": loss})
         return models.derive_student(base, cfg.student_layers, kept)
 
     def _total_steps(self, data: PreparedData) -> int:
@@ -271,8 +271,8 @@ class LLMFineTuner:
             trainer.add_callback(interrupt)
             try:
                 output = trainer.train(resume_from_checkpoint=checkpoint)
-            except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
-                if isinstance(exc, RuntimeError) and not is_out_of_memory(exc):
+            except (MemoryError, RuntimeError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+                if not is_out_of_memory(exc):
                     raise
                 raise ui.UserError(
                     "ran out of memory while training",

@@ -75,7 +75,8 @@ class RunConfig:
     generation_on_budget: str = "train"  # when the cap is reached: train on what arrived, or stop
     generation_system_prompt: Optional[str] = None
     generation_drop_incomplete: bool = True  # drop empty responses and those cut off at the length limit
-    generation_timeout: float = 120.0  # seconds per API request (retried up to 4 times)
+    generation_timeout: float = 120.0  # seconds per API request
+    generation_max_retries: int = 4  # the openai client's retries (429 honouring Retry-After, 5xx, timeouts)
     chunk_tokens: int = 512  # document chunk size for questions_per_chunk
     # Advanced (answers file or --set only)
     eval_fraction: float = 0.1
@@ -147,7 +148,7 @@ def applies(key: str, answers: Any) -> bool:
         return distill and bool(get("teacher_api_base"))
     if key.startswith("generation_") or key in ("questions_per_chunk", "chunk_tokens"):
         writes = distill and get("distillation_mode", "logits") in ("responses", "hybrid")
-        if key in ("generation_concurrency", "generation_timeout"):
+        if key in ("generation_concurrency", "generation_timeout", "generation_max_retries"):
             return writes and bool(get("teacher_api_base"))
         if key == "generation_batch_size":
             return writes and not get("teacher_api_base")
@@ -262,6 +263,8 @@ def check_field(key: str, value: Any) -> str | None:
         return f"must be at least 1 (got {value})"
     if key == "questions_per_chunk" and not 0 <= value <= 50:
         return f"must be between 0 and 50 (got {value}); 0 means the dataset is not documents"
+    if key == "generation_max_retries" and not 0 <= value <= 20:
+        return f"must be between 0 and 20 (got {value})"
     if key == "generation_timeout" and not value > 0:
         return f"must be greater than 0 seconds (got {value})"
     if key == "teacher_api_base" and not re.match(r"^https?://[^\s/]+", value):

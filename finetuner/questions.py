@@ -145,6 +145,7 @@ QUESTIONS: tuple[Question, ...] = (
     Question("generation_drop_incomplete", "Drop empty responses and responses cut off at the length limit",
              ask=False),
     Question("generation_timeout", "Seconds to wait for one API reply", ask=False),
+    Question("generation_max_retries", "Retries of a failed API request (with backoff)", ask=False),
     Question("chunk_tokens", "Document chunk size (tokens)", ask=False),
 )
 

@@ -1,7 +1,8 @@
 """A small OpenAI-compatible chat server on 127.0.0.1 that misbehaves on demand, and counts.
 
 The model name in a request picks the behaviour:
-  ok            answers "The answer to <prompt>" (stop), with usage
+  ok            answers "The answer to <prompt>" (stop), with usage; asked for questions about a
+                document chunk, writes three numbered questions
   ratelimit     429 with Retry-After: 1 on a prompt's first attempt, then ok
   error500      500 always (retry-after-ms 20, so the client's retries are quick)
   slow          sleeps past the client's timeout on a prompt's first attempt, then ok
@@ -96,10 +97,15 @@ class TeacherServer:
         if model in ("", "missing"):
             return _send(handler, 404, {"error": {"message": f"The model {model!r} does not exist"}})
         finish = "length" if model == "truncated" else "stop"
+        text = f"The answer to {prompt}"
+        if "questions that the text below answers" in prompt:  # questions from documents
+            chunk = prompt.split("Text:\n", 1)[-1]
+            text = "\n".join(f"{i}. What does the text say about {chunk.split()[i % len(chunk.split())]}?"
+                              for i in range(1, 4))
         _send(handler, 200, {
             "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": model,
             "choices": [{"index": 0, "finish_reason": finish,
-                         "message": {"role": "assistant", "content": f"The answer to {prompt}"}}],
+                         "message": {"role": "assistant", "content": text}}],
             "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}})
 
 
@@ -120,12 +126,13 @@ def _send_raw(handler, status: int, data: bytes, headers: dict | None = None) ->
         pass  # the client gave up (timeout) first
 
 
-if __name__ == "__main__":  # a separate process: prints one JSON line per request to stdout
-    server = TeacherServer(delay=float(sys.argv[2]) if len(sys.argv) > 2 else 0.0, port=int(sys.argv[1]))
+if __name__ == "__main__":  # a separate process: python teacher_server.py PORT DELAY_S LOG_FILE
+    server = TeacherServer(delay=float(sys.argv[2]), port=int(sys.argv[1]))
     original = server.handle
 
     def logged(handler, body):
-        print(json.dumps(body["messages"][-1]["content"]), flush=True)
+        with open(sys.argv[3], "a") as log:  # one JSON line per request, before answering
+            log.write(json.dumps(body["messages"][-1]["content"]) + "\n")
         original(handler, body)
 
     server.handle = logged

@@ -152,54 +152,41 @@ def test_api_teacher_refuses_logits_and_hybrid_before_anything_loads(tmp_path, t
 
 @pytest.mark.slow
 def test_sigkill_mid_generation_then_resume_sends_exactly_the_missing_requests(tmp_path, tiny_llama, qa_file):
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "teacher_server.py"), str(port), "0.3"],
+    port, log = _free_port(), tmp_path / "requests.log"
+    server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "teacher_server.py"), str(port), "0.2", str(log)],
                               stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout.readline().strip() == "ready"
-        base = f"http://127.0.0.1:{port}/v1"
-        sets = ["--set", "generation_concurrency=1", "--set", "max_samples=16"]
-        command = [sys.executable, str(ROOT / "finetune_cli.py"), *_answers(tmp_path, tiny_llama, qa_file, base),
-                   *sets, "--defaults", "--yes", "--generate-only"]
+        command = [sys.executable, str(ROOT / "finetune_cli.py"),
+                   *_answers(tmp_path, tiny_llama, qa_file, f"http://127.0.0.1:{port}/v1"),
+                   "--defaults", "--yes", "--generate-only"]
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-        first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         cache = tmp_path / "out" / CACHE_FILE
         deadline = time.time() + 60
         while time.time() < deadline and (not cache.is_file() or len(cache.read_text().splitlines()) < 4):
-            time.sleep(0.05)
+            time.sleep(0.02)
         first.send_signal(signal.SIGKILL)
         first.wait()
         kept = {json.loads(line)["prompt"] for line in cache.read_text().splitlines() if line.endswith("}")}
-        assert 4 <= len(kept) < 16
-        seen_before = _drain(server)
+        assert 4 <= len(kept) < 12
+        asked_before = len(log.read_text().splitlines())
         second = subprocess.run(command + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True)
         assert second.returncode == 0, second.stderr
-        asked_again = _drain(server)[len(seen_before):]
-        assert len(asked_again) == 16 - len(kept) and not set(asked_again) & kept
-        assert len(cache.read_text().splitlines()) == 16
+        asked_again = [json.loads(line) for line in log.read_text().splitlines()[asked_before:]]
+        assert len(asked_again) == 12 - len(kept) and not set(asked_again) & kept
+        assert len(cache.read_text().splitlines()) == 12
     finally:
         server.kill()
+        server.wait()
 
 
 def _answers(tmp_path, student, dataset, base) -> list[str]:
     sets = {"approach": "distillation", "teacher_api_base": base, "teacher": "ok", "student": str(student),
             "distillation_mode": "responses", "dataset": str(dataset), "output_dir": str(tmp_path / "out"),
-            "eval_fraction": 0.25, "max_length": 64, "benchmark": False}
+            "eval_fraction": 0.25, "max_length": 64, "benchmark": False, "max_samples": 12,
+            "generation_concurrency": 1}
     return [arg for key, value in sets.items() for arg in ("--set", f"{key}={value}")]
-
-
-def _drain(server) -> list[str]:
-    """Every prompt the server process has logged so far (one JSON line each)."""
-    import select
-
-    lines = getattr(server, "_seen", [])
-    while select.select([server.stdout], [], [], 0.2)[0]:
-        line = server.stdout.readline()
-        if not line:
-            break
-        lines.append(json.loads(line))
-    server._seen = lines
-    return list(lines)
 
 
 def _free_port() -> int:

@@ -32,7 +32,10 @@ class LocalTeacher:
 
     def generate(self, requests: list[Request], on_reply: Callable[[Request, Reply], None],
                  stop: Callable[[], bool]) -> None:
+        import torch
+
         model, tokenizer = self.load()
+        torch.manual_seed(self.cfg.seed)  # sampling (temperature > 0) is reproducible too
         ordered = sorted(requests, key=lambda r: len(r.prompt) + sum(len(c) for _, c in r.messages))
         size = self.cfg.generation_batch_size
         for start in range(0, len(ordered), size):

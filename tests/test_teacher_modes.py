@@ -21,7 +21,9 @@ from finetuner.teachers.cache import CACHE_FILE
 
 TRAIN = {"approach": "distillation", "max_samples": 10, "eval_fraction": 0.2, "max_length": 64,
          "max_steps": 2, "batch_size": 2, "gradient_accumulation": 1, "save_steps": 1,
-         "generation_max_new_tokens": 8, "generation_drop_incomplete": False, "benchmark": False}
+         "generation_max_new_tokens": 8, "generation_drop_incomplete": False, "benchmark": False,
+         # An untrained teacher's greedy answer is a special token repeated; sampling writes some text.
+         "generation_temperature": 1.0}
 
 
 def run(tmp_path, answers: dict, *extra) -> int:
@@ -39,9 +41,7 @@ def other_teacher(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_responses_from_a_teacher_with_another_tokenizer(tmp_path, other_teacher, tiny_llama_small, qa_file, capsys):
-    # An untrained teacher's greedy answer is a special token repeated; sampling writes some text.
-    answers = {"teacher": str(other_teacher), "student": str(tiny_llama_small), "dataset": str(qa_file),
-               "generation_temperature": 1.0}
+    answers = {"teacher": str(other_teacher), "student": str(tiny_llama_small), "dataset": str(qa_file)}
     # logits mode refuses before "Start?", and the hint names the mode that works.
     assert run(tmp_path, {**answers, "distillation_mode": "logits"}) == 1
     err = capsys.readouterr().err
@@ -68,15 +68,21 @@ def test_hybrid_trains_logits_on_the_teachers_responses(tmp_path, tiny_llama, ti
 
 
 @pytest.fixture(scope="module")
-def served_teacher(tiny_llama):
-    """`transformers serve` on 127.0.0.1 serving the tiny Llama."""
+def served_teacher(tiny_llama, tmp_path_factory):
+    """`transformers serve` on 127.0.0.1 serving a copy of the tiny Llama that samples (greedy, the
+    untrained model writes only newlines, which the filter drops as empty)."""
+    import shutil
     import socket
+
+    model = tmp_path_factory.mktemp("served") / "tiny-llama"
+    shutil.copytree(tiny_llama, model)
+    (model / "generation_config.json").write_text(json.dumps({"do_sample": True, "temperature": 1.0, "top_k": 0}))
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    server = subprocess.Popen(["transformers", "serve", str(tiny_llama), "--host", "127.0.0.1", "--port", str(port)],
+    server = subprocess.Popen(["transformers", "serve", str(model), "--host", "127.0.0.1", "--port", str(port)],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -88,15 +94,15 @@ def served_teacher(tiny_llama):
     else:
         server.kill()
         pytest.fail("transformers serve did not start")
-    yield f"http://127.0.0.1:{port}/v1"
+    yield f"http://127.0.0.1:{port}/v1", str(model)
     server.terminate()
     server.wait(timeout=30)
 
 
 @pytest.mark.slow
-def test_responses_from_transformers_serve_trains_and_benchmarks(tmp_path, served_teacher, tiny_llama,
-                                                                 tiny_llama_small, qa_file):
-    answers = {"teacher_api_base": served_teacher, "teacher": str(tiny_llama), "student": str(tiny_llama_small),
+def test_responses_from_transformers_serve_trains_and_benchmarks(tmp_path, served_teacher, tiny_llama_small, qa_file):
+    base, served = served_teacher
+    answers = {"teacher_api_base": base, "teacher": served, "student": str(tiny_llama_small),
                "dataset": str(qa_file), "distillation_mode": "responses", "benchmark": True,
                "benchmark_samples": 2, "max_new_tokens": 4}
     assert run(tmp_path, answers) == 0

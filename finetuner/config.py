@@ -17,7 +17,7 @@ BUILTIN_DATASET = "gsm8k"
 APPROACHES = ("fine-tuning", "distillation")
 METHODS = ("lora", "qlora", "adalora")
 QUANTIZATIONS = ("4bit", "8bit")
-STUDENT_TRAINING = ("full", "lora")
+STUDENT_TRAINING = ("full", "lora", "qlora")  # qlora: distillation_mode responses only
 DISTILLATION_MODES = ("logits", "responses", "hybrid")
 
 
@@ -104,7 +104,7 @@ class RunConfig:
 
     @property
     def uses_lora(self) -> bool:
-        return self.student_training == "lora" if self.is_distillation else True
+        return self.student_training in ("lora", "qlora") if self.is_distillation else True
 
     def to_answers(self) -> dict[str, Any]:
         """Only the settings that apply to this approach, in question order."""
@@ -157,13 +157,13 @@ def applies(key: str, answers: Any) -> bool:
         if key == "chunk_tokens":
             return writes and (get("questions_per_chunk") or 0) > 0
         return writes
-    uses_lora = get("student_training", "full") == "lora" if distill else True
+    uses_lora = get("student_training", "full") in ("lora", "qlora") if distill else True
     if key in ("lora_r", "lora_alpha", "lora_dropout"):
         return uses_lora and (distill or method in ("lora", "qlora"))
     if key == "merge_adapter":
         return uses_lora
     if key == "quantization":
-        return not distill and method == "qlora"
+        return get("student_training") == "qlora" if distill else method == "qlora"
     if key in ("adalora_init_r", "adalora_target_r"):
         return not distill and method == "adalora"
     if key in ("dataset_config", "dataset_split", "dataset_files"):
@@ -304,6 +304,10 @@ def cross_check(cfg: Any) -> list[str]:
     if distill and get("teacher_api_base") and get("distillation_mode", "logits") != "responses":
         problems.append(f"distillation_mode: {get('distillation_mode', 'logits')} needs the teacher's weights, "
                         "and an API teacher only writes text; use distillation_mode responses")
+    if distill and get("student_training") == "qlora" and (get("distillation_mode") != "responses"
+                                                           or get("student_layers") is not None):
+        problems.append("student_training: qlora trains a 4/8-bit student on the teacher's responses; it needs "
+                        "distillation_mode responses and a whole student model (student_layers empty)")
     if get("questions_per_chunk") and not (distill and get("distillation_mode") in ("responses", "hybrid")):
         problems.append("questions_per_chunk: questions from documents need a teacher that writes "
                         "(approach distillation, distillation_mode responses or hybrid)")

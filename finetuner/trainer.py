@@ -193,14 +193,22 @@ class LLMFineTuner:
         cfg = self.cfg
         tokenizer = models.load_tokenizer(cfg.student)
         disk.check_space(cfg)
+        quantized = cfg.student_training == "qlora"
+        if quantized and (why := adapters.quantization_available(cfg.quantization)):
+            raise ui.UserError(f"QLoRA {cfg.quantization} can't run here: {why}", hint="use student_training lora")
         data = self._prepare_data(tokenizer)
-        student = self._load_student(data, tokenizer)
-        if cfg.student_training == "lora":
+        if quantized:
+            ui.step(f"Loading student {cfg.student} ({cfg.quantization})")
+            student = models.load_model(cfg.student, quantization=cfg.quantization)
+        else:
+            student = self._load_student(data, tokenizer)
+        if cfg.uses_lora:
             student = adapters.apply_adapter(cfg, student, self._total_steps(data))
         _report_trainable(student)
         trainer = Trainer(model=student, args=self._training_args(), train_dataset=data.train,
                           data_collator=make_collator(tokenizer), processing_class=tokenizer)
-        return self._run(trainer, tokenizer, checkpoint, adapter=cfg.student_training == "lora", base_name=None)
+        return self._run(trainer, tokenizer, checkpoint, adapter=cfg.uses_lora,
+                         base_name=cfg.student if quantized else None)
 
     # ---- stages -----------------------------------------------------------------------------
 
@@ -328,7 +336,8 @@ class LLMFineTuner:
         return model_dir
 
     def _merged(self, model, adapter_dir: Path, base_name: str | None):
-        if self.cfg.method == "qlora" and not self.cfg.is_distillation and base_name:
+        quantized = self.cfg.student_training == "qlora" if self.cfg.is_distillation else self.cfg.method == "qlora"
+        if quantized and base_name:
             # Merging into 4/8-bit weights would round the update away: merge into a full-precision base.
             from peft import PeftModel
 

@@ -124,6 +124,7 @@ def test_questions_from_documents_end_to_end(tmp_path, tiny_llama_small):
     with TeacherServer() as server:
         answers = {"teacher_api_base": server.base, "teacher": "ok", "student": str(tiny_llama_small),
                    "dataset": str(docs), "distillation_mode": "responses", "questions_per_chunk": 2,
+                   "student_training": "qlora",
                    "generation_max_new_tokens": 24, "eval_fraction": 0.25}
         assert run(tmp_path, answers) == 0
     out = tmp_path / "out"
@@ -132,4 +133,5 @@ def test_questions_from_documents_end_to_end(tmp_path, tiny_llama_small):
     assert kinds.count("questions") == 2 and kinds.count("answer") == 4  # 2 chunks x 2 questions
     pairs = [json.loads(line) for line in (out / "document_qa.jsonl").read_text().splitlines()]
     assert len(pairs) == 4 and all(p["answer"] == f"The answer to {p['question']}" for p in pairs)
-    assert (out / "model" / "config.json").is_file()
+    assert (out / "adapter" / "adapter_config.json").is_file()  # a QLoRA student
+    assert (out / "model" / "config.json").is_file()  # merged into a full-precision copy

@@ -18,6 +18,8 @@ APPROACHES = ("fine-tuning", "distillation")
 METHODS = ("lora", "qlora", "adalora")
 QUANTIZATIONS = ("4bit", "8bit")
 STUDENT_TRAINING = ("full", "lora")
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")  # finetuner.losses.DIVERGENCES (kept import-free here)
+HIDDEN_STATE_LOSSES = ("mse", "cosine")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,15 @@ class RunConfig:
     upload: bool = False
     hub_repo: Optional[str] = None
     hub_private: bool = True
+    # What the student learns from (issue 13): the divergence, on-policy batches, hidden states
+    divergence: str = "forward_kl"
+    jsd_beta: float = 0.5  # TRL generalized_jsd_loss beta: 0 forward KL, 1 reverse KL
+    on_policy_fraction: float = 0.0  # GKD's lmbda: share of batches whose responses the student writes
+    on_policy_temperature: float = 1.0
+    on_policy_max_new_tokens: int = 128
+    hidden_state_weight: float = 0.0  # 0 = off
+    hidden_state_loss: str = "mse"
+    hidden_state_layers: str = "auto"  # or "student:teacher" decoder-layer pairs, e.g. "3:7,7:15"
     # Advanced (answers file or --set only)
     eval_fraction: float = 0.1
     merge_adapter: bool = True
@@ -117,6 +128,14 @@ def applies(key: str, answers: Any) -> bool:
         return not distill
     if key in ("teacher", "student", "student_layers", "student_training", "temperature", "alpha"):
         return distill
+    if key in ("divergence", "on_policy_fraction", "hidden_state_weight"):
+        return distill
+    if key == "jsd_beta":
+        return distill and get("divergence", "forward_kl") == "jsd"
+    if key in ("on_policy_temperature", "on_policy_max_new_tokens"):
+        return distill and (get("on_policy_fraction", 0.0) or 0.0) > 0
+    if key in ("hidden_state_loss", "hidden_state_layers"):
+        return distill and (get("hidden_state_weight", 0.0) or 0.0) > 0
     uses_lora = get("student_training", "full") == "lora" if distill else True
     if key in ("lora_r", "lora_alpha", "lora_dropout"):
         return uses_lora and (distill or method in ("lora", "qlora"))
@@ -191,7 +210,8 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 def check_field(key: str, value: Any) -> str | None:
     """Why `value` is not allowed for `key`, or None when it is."""
     choices = {"approach": APPROACHES, "method": METHODS, "quantization": QUANTIZATIONS,
-               "student_training": STUDENT_TRAINING}
+               "student_training": STUDENT_TRAINING, "divergence": DIVERGENCES,
+               "hidden_state_loss": HIDDEN_STATE_LOSSES}
     if key in choices and value not in choices[key]:
         return f"must be one of {', '.join(choices[key])} (got {value!r})"
     if value is None:
@@ -200,6 +220,19 @@ def check_field(key: str, value: Any) -> str | None:
         return f"must be greater than 0 (got {value})"
     if key == "alpha" and not 0 <= value <= 1:
         return f"must be between 0 and 1 (got {value})"
+    if key in ("jsd_beta", "on_policy_fraction") and not 0 <= value <= 1:
+        return f"must be between 0 and 1 (got {value})"
+    if key == "on_policy_temperature" and not value > 0:
+        return f"must be greater than 0 (got {value})"
+    if key == "hidden_state_weight" and not value >= 0:
+        return f"must be 0 (off) or more (got {value})"
+    if key == "hidden_state_layers":
+        from finetuner.objectives.hidden_states import parse_layer_pairs
+
+        try:
+            parse_layer_pairs(value)
+        except ValueError as exc:
+            return str(exc)
     if key == "learning_rate" and not 0 < value < 1:
         return f"must be between 0 and 1, exclusive (got {value})"
     if key == "lora_dropout" and not 0 <= value < 1:
@@ -208,7 +241,7 @@ def check_field(key: str, value: Any) -> str | None:
         return f"must be in [0, 1) (got {value})"
     at_least_one = ("epochs", "batch_size", "gradient_accumulation", "max_samples", "lora_r", "lora_alpha",
                     "adalora_init_r", "adalora_target_r", "benchmark_samples", "max_new_tokens", "max_steps", "save_steps",
-                    "student_layers")
+                    "student_layers", "on_policy_max_new_tokens")
     if key in at_least_one and value < 1:
         return f"must be at least 1 (got {value})"
     if key == "max_length" and value < 16:

@@ -101,6 +101,19 @@ QUESTIONS: tuple[Question, ...] = (
     Question("save_steps", "Save a checkpoint every this many steps", ask=False),
     Question("seed", "Random seed", ask=False),
     Question("max_new_tokens", "Tokens to generate per benchmark prompt", ask=False),
+    # What the student learns from (issue 13): answers file or --set (see DISTILLATION_UPDATE.md).
+    Question("divergence", "Divergence between teacher and student", "select",
+             (("Forward KL: cover everything the teacher might say", "forward_kl"),
+              ("Reverse KL: commit to the teacher's main answer (mode-seeking)", "reverse_kl"),
+              ("Generalised JSD: in between (jsd_beta)", "jsd")), ask=False),
+    Question("jsd_beta", "JSD beta (0 = forward KL, 1 = reverse KL)", ask=False),
+    Question("on_policy_fraction", "Share of batches the student writes itself (0-1)", ask=False),
+    Question("on_policy_temperature", "Sampling temperature of the student's own answers", ask=False),
+    Question("on_policy_max_new_tokens", "Most tokens the student writes per on-policy answer", ask=False),
+    Question("hidden_state_weight", "Weight of hidden-state matching (0 = off)", ask=False),
+    Question("hidden_state_loss", "Hidden-state distance", "select",
+             (("Mean squared error", "mse"), ("Cosine", "cosine")), ask=False),
+    Question("hidden_state_layers", "Layer map: auto, or student:teacher pairs like 3:7,7:15", ask=False),
 )
 
 # The Hub token is asked only when no token is configured, and never saved.

@@ -38,6 +38,17 @@ CONTENDERS = {
     "finetuner": "finetuner DistillationTrainer",
     "naive": "2.1.0 naive (fp32, pad to max, full KL)",
     "trl": "TRL GKDTrainer (lmbda 0, beta 0, bf16)",
+    # The objectives of DISTILLATION_UPDATE.md, each against "finetuner" (forward KL):
+    "reverse_kl": "finetuner, divergence reverse_kl",
+    "jsd": "finetuner, divergence jsd (beta 0.5)",
+    "on_policy": "finetuner, on_policy_fraction 1 (every step samples; 64 new tokens)",
+    "hidden": "finetuner, hidden states (mse, auto map, weight 0.1)",
+}
+OBJECTIVES = {  # contender -> RunConfig settings on top of finetuner's defaults
+    "reverse_kl": {"divergence": "reverse_kl"},
+    "jsd": {"divergence": "jsd", "jsd_beta": 0.5},
+    "on_policy": {"on_policy_fraction": 1.0, "on_policy_max_new_tokens": 64},
+    "hidden": {"hidden_state_weight": 0.1, "hidden_state_loss": "mse"},
 }
 TARGETS = {  # finetuner's ratio to another contender: (other, measure, target, "min" or "max")
     "tokens/s vs naive": ("naive", "tokens_per_s", 2.5, "min"),
@@ -84,8 +95,8 @@ def run_contender(name: str, args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"distill-speed-{name}-") as out:
         cfg = RunConfig(approach="distillation", output_dir=out, max_samples=args.samples, max_length=args.max_length,
                         batch_size=args.batch_size, gradient_accumulation=1, max_steps=args.warmup + args.steps,
-                        eval_fraction=0.0, benchmark=False)
-        trainer = build_trainer(name, cfg)
+                        eval_fraction=0.0, benchmark=False, **OBJECTIVES.get(name, {}))
+        trainer = build_trainer("finetuner" if name in OBJECTIVES else name, cfg)
         return measure(trainer, args)
 
 
@@ -109,7 +120,7 @@ def build_trainer(name: str, cfg):
         return ft.trainer
     tokenizer = models.load_tokenizer(cfg.student)
     data = ft._prepare_data(tokenizer)
-    student = ft._load_student()
+    student = ft._load_student(data, tokenizer)
     if name == "plain":
         return Trainer(model=student, args=ft._training_args(), train_dataset=data.train,
                        data_collator=make_collator(tokenizer), processing_class=tokenizer)
@@ -162,6 +173,9 @@ def measure(trainer, args: argparse.Namespace) -> dict:
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "rss_before_train_gb": rss_before,
         "losses": [round(h["loss"], 4) for h in trainer.state.log_history if "loss" in h],
+        # On-policy steps: the student's sampling time on its own (already inside step_seconds).
+        "step_generation_seconds": [h.get("gen_s", 0.0) for h in trainer.state.log_history if "loss" in h][
+            args.warmup:args.warmup + len(seconds)],
         "student_params": models.count_parameters(trainer.model),
         "teacher_params": models.count_parameters(teacher) if teacher is not None else 0,
         "teacher_dtype": str(next(teacher.parameters()).dtype).removeprefix("torch.") if teacher is not None else None,
@@ -187,6 +201,8 @@ def summarize(runs: list[dict], busy: float = 0.10) -> dict:
             "tokens_per_s_overall": sum(tokens) / sum(seconds),
             "steps_used": f"{len(kept)}/{len(steps)}",
             "s_per_step_by_repeat": [round(statistics.median(r["step_seconds"]), 2) for r in runs],
+            "generation_s_per_step": statistics.median(g for r in runs for g in r.get("step_generation_seconds")
+                                                       or [0.0]),
             "others_cpu_share": statistics.median(others),
             "peak_rss_gb": max(r["peak_rss_gb"] for r in runs), "runs": runs}
 
@@ -358,6 +374,14 @@ def report(results: dict, machine: dict, startup: list[float]) -> dict:
                       f"{r['tokens_per_s'] / plain['tokens_per_s']:.2f}x" if plain else "-",
                       r["steps_used"], f"{100 * r['others_cpu_share']:.0f}%")
     console.print(table)
+    base = results.get("finetuner")
+    for name in OBJECTIVES:
+        if name in results and base:
+            r = results[name]
+            r["s_per_step_vs_forward_kl"] = r["s_per_step"] / base["s_per_step"]
+            generation = f", of which sampling {r['generation_s_per_step']:.2f} s" if r["generation_s_per_step"] else ""
+            console.print(f"{r['description']}: {r['s_per_step']:.2f} s/step{generation}; "
+                          f"{r['s_per_step_vs_forward_kl']:.2f}x forward KL's s/step")
     ratios = {}
     for label, (other, key, target, kind) in TARGETS.items():
         if "finetuner" in results and other in results:

@@ -133,6 +133,7 @@ class DistillationTrainer(Trainer):
                 if self._samples:  # length-collapse watch: how long the student's samples are
                     logs["gen_len"] = round(sum(s.mean_length for s in self._samples) / len(self._samples), 1)
                     logs["gen_capped"] = round(sum(s.capped for s in self._samples) / len(self._samples), 3)
+                    logs["gen_s"] = round(sum(s.seconds for s in self._samples) / steps, 2)  # per step
             self._parts = dict.fromkeys(self._part_names(), 0.0)
             self._micro_batches = 0
             self._samples = []

@@ -14,6 +14,7 @@ padding; the mean sampled length and the share that hit the cap are logged (`gen
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,7 @@ class Samples:
     inputs: dict[str, Tensor]  # input_ids, attention_mask, labels: right-padded, prompt + sample
     mean_length: float  # sampled tokens per row, EOS included
     capped: float  # share of rows that hit max_new_tokens without an EOS
+    seconds: float = 0.0  # time spent sampling
 
 
 class OnPolicySampler:
@@ -57,6 +59,7 @@ class OnPolicySampler:
         for row, prompt in enumerate(prompts):
             ids[row, width - len(prompt):] = prompt
             attention[row, width - len(prompt):] = 1
+        started = time.perf_counter()
         was_training = model.training
         model.eval()
         try:
@@ -69,7 +72,8 @@ class OnPolicySampler:
             model.train(was_training)
         written = [self._until_eos(row) for row in output[:, width:]]
         capped = sum(len(w) == budget and int(w[-1]) not in self.eos_ids for w in written) / len(written)
-        return Samples(self._batch(prompts, written, device), sum(map(len, written)) / len(written), capped)
+        return Samples(self._batch(prompts, written, device), sum(map(len, written)) / len(written), capped,
+                       time.perf_counter() - started)
 
     def _until_eos(self, sample: Tensor) -> Tensor:
         """The written tokens up to and including the first EOS."""

@@ -227,7 +227,7 @@ def check_field(key: str, value: Any) -> str | None:
     if key == "hidden_state_weight" and not value >= 0:
         return f"must be 0 (off) or more (got {value})"
     if key == "hidden_state_layers":
-        from finetuner.objectives.hidden_states import parse_layer_pairs
+        from finetuner.objectives.layer_map import parse_layer_pairs
 
         try:
             parse_layer_pairs(value)
@@ -275,6 +275,16 @@ def cross_check(cfg: Any) -> list[str]:
                             "keep fewer")
     if not distill and get("method") == "adalora" and get("adalora_target_r", 8) > get("adalora_init_r", 12):
         problems.append("adalora_target_r: must not exceed adalora_init_r")
+    if distill and (get("hidden_state_weight", 0.0) or 0.0) > 0:
+        from finetuner.objectives.layer_map import layer_map, parse_layer_pairs
+        from finetuner.sources import layer_count
+
+        teacher_layers, student_layers = layer_count(get("teacher")), get("student_layers") or layer_count(get("student"))
+        try:
+            if parse_layer_pairs(get("hidden_state_layers", "auto")) and teacher_layers and student_layers:
+                layer_map(get("hidden_state_layers"), student_layers, teacher_layers)
+        except ValueError as exc:
+            problems.append(f"hidden_state_layers: {exc}")
     if get("upload") and not get("hub_repo"):
         problems.append("hub_repo: needed when upload is on (e.g. 'username/my-model')")
     return problems

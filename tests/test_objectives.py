@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from finetune_cli import main
 from finetuner.data import make_collator
 from finetuner.losses import kd_loss
-from finetuner.objectives.hidden_states import HiddenStateLoss, describe, layer_map, parse_layer_pairs
+from finetuner.objectives.hidden_states import HiddenStateLoss
+from finetuner.objectives.layer_map import describe, layer_map, parse_layer_pairs
 from finetuner.objectives.on_policy import OnPolicySampler, prompt_ids
 
 FORCED = 7  # the token a forced student always writes
@@ -169,3 +170,21 @@ def test_hidden_states_train_a_narrower_student_and_save_without_projection(tmp_
     saved = load_file(str(out / "model" / "model.safetensors"))
     assert not any("proj" in k and "layers" not in k for k in saved), sorted(saved)
     assert json.loads((out / "model" / "config.json").read_text())["hidden_size"] == 32
+
+
+def test_plan_shows_the_layer_map(tiny_llama, tiny_llama_small):
+    from finetuner.config import RunConfig
+    from finetuner.objectives.layer_map import plan_rows
+
+    common = dict(approach="distillation", teacher=str(tiny_llama), hidden_state_weight=0.5)
+    separate = plan_rows(RunConfig(**common, student=str(tiny_llama_small), student_layers=None))
+    assert separate[0][1] == "student -> teacher layer: 0->1, 1->3"  # 2 layers spread over 4
+    derived = plan_rows(RunConfig(**common, student=str(tiny_llama), student_layers=2))
+    assert "copied from" in derived[0][1]
+    explicit = plan_rows(RunConfig(**common, student=str(tiny_llama_small), student_layers=None,
+                                   hidden_state_layers="1:2"))
+    assert explicit[0][1].endswith("1->2")
+    assert plan_rows(RunConfig(**{**common, "hidden_state_weight": 0.0}, student=str(tiny_llama_small),
+                               student_layers=None)) == []
+    with pytest.raises(ValueError, match="hidden_state_layers"):
+        RunConfig(**common, student=str(tiny_llama_small), student_layers=None, hidden_state_layers="1-2")

@@ -275,6 +275,11 @@ def cross_check(cfg: Any) -> list[str]:
                             "keep fewer")
     if not distill and get("method") == "adalora" and get("adalora_target_r", 8) > get("adalora_init_r", 12):
         problems.append("adalora_target_r: must not exceed adalora_init_r")
+    if distill and (get("on_policy_fraction", 0.0) or 0.0) > 0 and get("teacher_cache", None):
+        # Issue 12's top-k cache holds the teacher's view of the dataset's own responses only.
+        problems.append("on_policy_fraction: on-policy batches are written by the student during training, and "
+                        "a teacher cache (teacher_cache) cannot score text it has never seen; set "
+                        "on_policy_fraction to 0 or turn the cache off to use a live teacher")
     if distill and (get("hidden_state_weight", 0.0) or 0.0) > 0:
         from finetuner.objectives.layer_map import layer_map, parse_layer_pairs
         from finetuner.sources import layer_count

@@ -188,3 +188,11 @@ def test_plan_shows_the_layer_map(tiny_llama, tiny_llama_small):
                                student_layers=None)) == []
     with pytest.raises(ValueError, match="hidden_state_layers"):
         RunConfig(**common, student=str(tiny_llama_small), student_layers=None, hidden_state_layers="1-2")
+
+
+def test_on_policy_refuses_a_teacher_cache():
+    from finetuner.config import cross_check
+
+    answers = dict(approach="distillation", on_policy_fraction=0.5, teacher_cache="runs/cache", alpha=0.5)
+    assert any("teacher cache" in p for p in cross_check(answers))
+    assert not any("teacher cache" in p for p in cross_check({**answers, "on_policy_fraction": 0.0}))

@@ -95,7 +95,7 @@ class DistillationTrainer(Trainer):
             self._parts["ce"] += float(result.ce)
             self._parts["kl"] += float(result.kl)
             if hidden is not None:
-                self._parts["hidden"] += float(hidden.detach())
+                self._parts["hidden"] = self._parts.get("hidden", 0.0) + float(hidden.detach())
             self._micro_batches += 1
         return (loss, None) if return_outputs else loss
 

@@ -101,7 +101,9 @@ def gather(args: argparse.Namespace) -> tuple[RunConfig, dict]:
 
 
 def show_plan(cfg: RunConfig) -> None:
-    ui.table("Plan", cfg.to_answers())
+    from finetuner.objectives.layer_map import plan_rows as hidden_state_rows
+
+    ui.table("Plan", [*cfg.to_answers().items(), *hidden_state_rows(cfg)])
     for note in warnings_for(cfg):
         ui.warning(note)
 

@@ -19,6 +19,8 @@ METHODS = ("lora", "qlora", "adalora")
 QUANTIZATIONS = ("4bit", "8bit")
 STUDENT_TRAINING = ("full", "lora", "qlora")  # qlora: distillation_mode responses only
 DISTILLATION_MODES = ("logits", "responses", "hybrid")
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")  # finetuner.losses.DIVERGENCES (kept import-free here)
+HIDDEN_STATE_LOSSES = ("mse", "cosine")
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,15 @@ class RunConfig:
     upload: bool = False
     hub_repo: Optional[str] = None
     hub_private: bool = True
+    # What the student learns from (issue 13): the divergence, on-policy batches, hidden states
+    divergence: str = "forward_kl"
+    jsd_beta: float = 0.5  # TRL generalized_jsd_loss beta: 0 forward KL, 1 reverse KL
+    on_policy_fraction: float = 0.0  # GKD's lmbda: share of batches whose responses the student writes
+    on_policy_temperature: float = 1.0
+    on_policy_max_new_tokens: int = 128
+    hidden_state_weight: float = 0.0  # 0 = off
+    hidden_state_loss: str = "mse"
+    hidden_state_layers: str = "auto"  # or "student:teacher" decoder-layer pairs, e.g. "3:7,7:15"
     # Teachers that write (issue 11): sequence-level distillation, API teachers, documents
     distillation_mode: str = "logits"
     teacher_api_base: Optional[str] = None  # an OpenAI-compatible endpoint; None = a local teacher
@@ -144,6 +155,14 @@ def applies(key: str, answers: Any) -> bool:
         return distill and not (key in ("temperature", "alpha") and get("distillation_mode") == "responses")
     if key in ("distillation_mode", "teacher_api_base"):
         return distill
+    if key in ("divergence", "on_policy_fraction", "hidden_state_weight"):
+        return distill and get("distillation_mode", "logits") != "responses"  # responses: CE only
+    if key == "jsd_beta":
+        return distill and get("divergence", "forward_kl") == "jsd"
+    if key in ("on_policy_temperature", "on_policy_max_new_tokens"):
+        return distill and (get("on_policy_fraction", 0.0) or 0.0) > 0
+    if key in ("hidden_state_loss", "hidden_state_layers"):
+        return distill and (get("hidden_state_weight", 0.0) or 0.0) > 0
     if key == "teacher_api_key_env":
         return distill and bool(get("teacher_api_base"))
     if key.startswith("generation_") or key in ("questions_per_chunk", "chunk_tokens"):
@@ -231,7 +250,8 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 def check_field(key: str, value: Any) -> str | None:
     """Why `value` is not allowed for `key`, or None when it is."""
     choices = {"approach": APPROACHES, "method": METHODS, "quantization": QUANTIZATIONS,
-               "student_training": STUDENT_TRAINING, "distillation_mode": DISTILLATION_MODES,
+               "student_training": STUDENT_TRAINING, "divergence": DIVERGENCES,
+               "hidden_state_loss": HIDDEN_STATE_LOSSES, "distillation_mode": DISTILLATION_MODES,
                "generation_on_budget": ("train", "stop")}
     if key in choices and value not in choices[key]:
         return f"must be one of {', '.join(choices[key])} (got {value!r})"
@@ -241,6 +261,19 @@ def check_field(key: str, value: Any) -> str | None:
         return f"must be greater than 0 (got {value})"
     if key == "alpha" and not 0 <= value <= 1:
         return f"must be between 0 and 1 (got {value})"
+    if key in ("jsd_beta", "on_policy_fraction") and not 0 <= value <= 1:
+        return f"must be between 0 and 1 (got {value})"
+    if key == "on_policy_temperature" and not value > 0:
+        return f"must be greater than 0 (got {value})"
+    if key == "hidden_state_weight" and not value >= 0:
+        return f"must be 0 (off) or more (got {value})"
+    if key == "hidden_state_layers":
+        from finetuner.objectives.layer_map import parse_layer_pairs
+
+        try:
+            parse_layer_pairs(value)
+        except ValueError as exc:
+            return str(exc)
     if key == "learning_rate" and not 0 < value < 1:
         return f"must be between 0 and 1, exclusive (got {value})"
     if key == "lora_dropout" and not 0 <= value < 1:
@@ -249,7 +282,7 @@ def check_field(key: str, value: Any) -> str | None:
         return f"must be in [0, 1) (got {value})"
     at_least_one = ("epochs", "batch_size", "gradient_accumulation", "max_samples", "lora_r", "lora_alpha",
                     "adalora_init_r", "adalora_target_r", "benchmark_samples", "max_new_tokens", "max_steps", "save_steps",
-                    "student_layers")
+                    "student_layers", "on_policy_max_new_tokens")
     if key in at_least_one and value < 1:
         return f"must be at least 1 (got {value})"
     if key == "max_length" and value < 16:
@@ -301,6 +334,21 @@ def cross_check(cfg: Any) -> list[str]:
                             "keep fewer")
     if not distill and get("method") == "adalora" and get("adalora_target_r", 8) > get("adalora_init_r", 12):
         problems.append("adalora_target_r: must not exceed adalora_init_r")
+    if distill and (get("on_policy_fraction", 0.0) or 0.0) > 0 and get("teacher_cache", None):
+        # Issue 12's top-k cache holds the teacher's view of the dataset's own responses only.
+        problems.append("on_policy_fraction: on-policy batches are written by the student during training, and "
+                        "a teacher cache (teacher_cache) cannot score text it has never seen; set "
+                        "on_policy_fraction to 0 or turn the cache off to use a live teacher")
+    if distill and (get("hidden_state_weight", 0.0) or 0.0) > 0:
+        from finetuner.objectives.layer_map import layer_map, parse_layer_pairs
+        from finetuner.sources import layer_count
+
+        teacher_layers, student_layers = layer_count(get("teacher")), get("student_layers") or layer_count(get("student"))
+        try:
+            if parse_layer_pairs(get("hidden_state_layers", "auto")) and teacher_layers and student_layers:
+                layer_map(get("hidden_state_layers"), student_layers, teacher_layers)
+        except ValueError as exc:
+            problems.append(f"hidden_state_layers: {exc}")
     if distill and get("teacher_api_base") and get("distillation_mode", "logits") != "responses":
         problems.append(f"distillation_mode: {get('distillation_mode', 'logits')} needs the teacher's weights, "
                         "and an API teacher only writes text; use distillation_mode responses")

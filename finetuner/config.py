@@ -252,8 +252,7 @@ def check_field(key: str, value: Any) -> str | None:
     """Why `value` is not allowed for `key`, or None when it is."""
     choices = {"approach": APPROACHES, "method": METHODS, "quantization": QUANTIZATIONS,
                "student_training": STUDENT_TRAINING, "divergence": DIVERGENCES,
-               "hidden_state_loss": HIDDEN_STATE_LOSSES}
-               "student_training": STUDENT_TRAINING, "distillation_mode": DISTILLATION_MODES,
+               "hidden_state_loss": HIDDEN_STATE_LOSSES, "distillation_mode": DISTILLATION_MODES,
                "generation_on_budget": ("train", "stop")}
     if key in choices and value not in choices[key]:
         return f"must be one of {', '.join(choices[key])} (got {value!r})"

@@ -17,10 +17,10 @@ BUILTIN_DATASET = "gsm8k"
 APPROACHES = ("fine-tuning", "distillation")
 METHODS = ("lora", "qlora", "adalora")
 QUANTIZATIONS = ("4bit", "8bit")
-STUDENT_TRAINING = ("full", "lora", "qlora")  # qlora: distillation_mode responses only
-DISTILLATION_MODES = ("logits", "responses", "hybrid")
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")  # finetuner.losses.DIVERGENCES (kept import-free here)
 HIDDEN_STATE_LOSSES = ("mse", "cosine")
+STUDENT_TRAINING = ("full", "lora", "qlora")  # qlora: distillation_mode responses only
+DISTILLATION_MODES = ("logits", "responses", "hybrid")
 
 
 @dataclass(frozen=True)
@@ -155,14 +155,15 @@ def applies(key: str, answers: Any) -> bool:
         return distill and not (key in ("temperature", "alpha") and get("distillation_mode") == "responses")
     if key in ("distillation_mode", "teacher_api_base"):
         return distill
+    matches_logits = distill and get("distillation_mode", "logits") != "responses"  # the teacher's distributions
     if key in ("divergence", "on_policy_fraction", "hidden_state_weight"):
-        return distill and get("distillation_mode", "logits") != "responses"  # responses: CE only
+        return matches_logits
     if key == "jsd_beta":
-        return distill and get("divergence", "forward_kl") == "jsd"
+        return matches_logits and get("divergence", "forward_kl") == "jsd"
     if key in ("on_policy_temperature", "on_policy_max_new_tokens"):
-        return distill and (get("on_policy_fraction", 0.0) or 0.0) > 0
+        return matches_logits and (get("on_policy_fraction", 0.0) or 0.0) > 0
     if key in ("hidden_state_loss", "hidden_state_layers"):
-        return distill and (get("hidden_state_weight", 0.0) or 0.0) > 0
+        return matches_logits and (get("hidden_state_weight", 0.0) or 0.0) > 0
     if key == "teacher_api_key_env":
         return distill and bool(get("teacher_api_base"))
     if key.startswith("generation_") or key in ("questions_per_chunk", "chunk_tokens"):

@@ -188,9 +188,10 @@ def _unwrap(model):
 class LLMFineTuner:
     """Fine-tuning (LoRA, QLoRA, AdaLoRA) and knowledge distillation from one RunConfig."""
 
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, teacher_data=None):
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
+        self.teacher_data = teacher_data  # teachers.generate.TeacherData when the teacher wrote the responses
 
     # ---- public entry points ----------------------------------------------------------------
 
@@ -217,6 +218,8 @@ class LLMFineTuner:
         cfg = self.cfg
         set_seed(cfg.seed)
         checkpoint = self._checkpoint_to_resume(resume)
+        if cfg.distillation_mode == "responses":
+            return self._train_on_responses(checkpoint)
         teacher_tokenizer = models.load_tokenizer(cfg.teacher)
         student_tokenizer = teacher_tokenizer if cfg.student == cfg.teacher else models.load_tokenizer(cfg.student)
         vocab_size = models.check_tokenizers_match(teacher_tokenizer, student_tokenizer)
@@ -243,6 +246,28 @@ class LLMFineTuner:
         return self._run(trainer, student_tokenizer, checkpoint, adapter=cfg.student_training == "lora",
                          base_name=None)
 
+    def _train_on_responses(self, checkpoint: str | None) -> TrainResult:
+        """Sequence-level distillation: plain CE on the teacher's responses; the teacher is not loaded."""
+        cfg = self.cfg
+        tokenizer = models.load_tokenizer(cfg.student)
+        disk.check_space(cfg)
+        quantized = cfg.student_training == "qlora"
+        if quantized and (why := adapters.quantization_available(cfg.quantization)):
+            raise ui.UserError(f"QLoRA {cfg.quantization} can't run here: {why}", hint="use student_training lora")
+        data = self._prepare_data(tokenizer)
+        if quantized:
+            ui.step(f"Loading student {cfg.student} ({cfg.quantization})")
+            student = models.load_model(cfg.student, quantization=cfg.quantization)
+        else:
+            student = self._load_student(data, tokenizer)
+        if cfg.uses_lora:
+            student = adapters.apply_adapter(cfg, student, self._total_steps(data))
+        _report_trainable(student)
+        trainer = Trainer(model=student, args=self._training_args(), train_dataset=data.train,
+                          data_collator=make_collator(tokenizer), processing_class=tokenizer)
+        return self._run(trainer, tokenizer, checkpoint, adapter=cfg.uses_lora,
+                         base_name=cfg.student if quantized else None)
+
     # ---- stages -----------------------------------------------------------------------------
 
     def _checkpoint_to_resume(self, resume: bool) -> str | None:
@@ -255,6 +280,8 @@ class LLMFineTuner:
                                     f"--benchmark-only {self.out}")
         checkpoints = self.out / artifacts.CHECKPOINTS_DIR
         last = last_complete_checkpoint(checkpoints)
+        if last is None and self.cfg.teacher_writes:
+            return None  # --resume after an interrupted generation: training starts from the beginning
         if last is None:
             raise ui.UserError(f"no checkpoint to resume in {checkpoints}",
                                hint="run again without --resume to start from the beginning")
@@ -263,7 +290,9 @@ class LLMFineTuner:
 
     def _prepare_data(self, tokenizer) -> PreparedData:
         ui.step(f"Preparing dataset {self.cfg.dataset}")
-        data = prepare(self.cfg, tokenizer)
+        written = self.teacher_data
+        data = prepare(self.cfg, tokenizer, dataset=written.dataset if written else None,
+                       rewrite=written.rewrite if written else None)
         artifacts.write_heldout(self.out, data.heldout)
         return data
 
@@ -365,7 +394,8 @@ class LLMFineTuner:
         return model_dir
 
     def _merged(self, model, adapter_dir: Path, base_name: str | None):
-        if self.cfg.method == "qlora" and not self.cfg.is_distillation and base_name:
+        quantized = self.cfg.student_training == "qlora" if self.cfg.is_distillation else self.cfg.method == "qlora"
+        if quantized and base_name:
             # Merging into 4/8-bit weights would round the update away: merge into a full-precision base.
             from peft import PeftModel
 

@@ -121,11 +121,9 @@ def generate_stage(cfg: RunConfig):
     """Distillation modes responses/hybrid: the teacher writes the responses (resumable cache)."""
     if not cfg.teacher_writes:
         return None
-    from finetuner import models
-    from finetuner.teachers.generate import generate_stage as write
+    from finetuner.teachers.generate import write_for
 
-    ui.step(f"The teacher ({cfg.teacher}) writes the responses")
-    return write(cfg, models.load_tokenizer(cfg.student), resume_command(cfg.output_dir))
+    return write_for(cfg, resume_command(cfg.output_dir))
 
 
 def confirm_start() -> bool:

@@ -20,6 +20,9 @@ class Question:
     choices: tuple[tuple[str, Any], ...] = ()  # (title, value)
     help: str | None = None
     ask: bool = True  # False: settable by file or --set only (advanced)
+    # True for settings added after answers files existed: a file without the key replays as it did
+    # before (the config default), instead of reporting it missing.
+    optional_in_files: bool = False
     secret: bool = False  # never written to an answers file
     default: Callable[[Answers], Any] | None = None  # overrides config.default_for
 
@@ -82,6 +85,7 @@ QUESTIONS: tuple[Question, ...] = (
               ("AdaLoRA: LoRA that moves rank to where it helps", "adalora"))),
     # Teachers that write (issue 11): where the teacher lives, asked before its name.
     Question("teacher_api_base", "Teacher behind an OpenAI-compatible endpoint? Its base URL (Enter: a local teacher)",
+             optional_in_files=True,
              help="e.g. http://127.0.0.1:8000/v1 for vLLM, llama.cpp, Ollama or `transformers serve`; "
                   "an API teacher writes responses, it gives no logits"),
     Question("teacher_api_key_env", "Name of the environment variable holding the API key",
@@ -96,7 +100,7 @@ QUESTIONS: tuple[Question, ...] = (
               ("responses: fine-tune on answers the teacher writes (any teacher: API, other tokenizer)", "responses"),
               ("hybrid: the teacher writes answers, then logits distillation on them (weights, same tokenizer)",
                "hybrid")),
-             default=_default_mode),
+             default=_default_mode, optional_in_files=True),
     Question("output_dir", "Output directory"),
     Question("dataset", "Dataset", help=_DATA_HINT),
     Question("dataset_config", "Dataset config name (Enter for none)"),
@@ -110,10 +114,12 @@ QUESTIONS: tuple[Question, ...] = (
              (("All weights (best quality)", "full"), ("LoRA adapters (less memory)", "lora"),
               ("QLoRA: LoRA on a 4/8-bit student (least memory; responses mode)", "qlora"))),
     Question("questions_per_chunk", "Questions the teacher writes per document chunk (0: the data has prompts)",
-             default=_default_questions),
-    Question("generation_max_new_tokens", "Longest response the teacher may write (tokens)"),
-    Question("generation_temperature", "Teacher sampling temperature (0 = greedy, reproducible)"),
-    Question("generation_token_budget", "Spend cap in tokens, prompts + responses (Enter: no cap)"),
+             default=_default_questions, optional_in_files=True),
+    Question("generation_max_new_tokens", "Longest response the teacher may write (tokens)", optional_in_files=True),
+    Question("generation_temperature", "Teacher sampling temperature (0 = greedy, reproducible)",
+             optional_in_files=True),
+    Question("generation_token_budget", "Spend cap in tokens, prompts + responses (Enter: no cap)",
+             optional_in_files=True),
     Question("lora_r", "LoRA rank r"),
     Question("lora_alpha", "LoRA alpha"),
     Question("lora_dropout", "LoRA dropout"),

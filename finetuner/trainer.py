@@ -218,6 +218,10 @@ class LLMFineTuner:
         cfg = self.cfg
         set_seed(cfg.seed)
         checkpoint = self._checkpoint_to_resume(resume)
+        if cfg.teacher_writes and self.teacher_data is None:  # called from Python, not the recipe
+            from finetuner.teachers.generate import write_for
+
+            self.teacher_data = write_for(cfg, "LLMFineTuner(cfg).train_distillation(resume=True)")
         if cfg.distillation_mode == "responses":
             return self._train_on_responses(checkpoint)
         teacher_tokenizer = models.load_tokenizer(cfg.teacher)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import yaml
 
 from finetuner import ui
-from finetuner.config import FIELD_NAMES, check_field, coerce, cross_check
+from finetuner.config import FIELD_NAMES, check_field, coerce, cross_check, default_for
 from finetuner.questions import HUB_TOKEN, QUESTIONS, Answers, Question
 from finetuner.sources import check_model
 
@@ -164,6 +164,8 @@ def _resolve_one(question: Question, given: Answers, answers: Answers, ask: Ask 
         if ask is None:
             problems.append(f"{question.key}: default {default!r} {problem}")
             return default
+    elif ask is None and question.optional_in_files:
+        return default_for(question.key, answers)  # an older answers file replays as it did
     elif ask is None:
         problems.append(f"{question.key}: missing (default would be {default!r})")
         return default

@@ -118,7 +118,7 @@ def resume_command(out_dir: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     if args.benchmark_only:
-        return benchmark_only(args.benchmark_only, args.show_samples)
+        return benchmark_only(args.benchmark_only, args.show_samples, parse_overrides(args.set))
     if args.upload_only:
         return upload_only(args)
 
@@ -154,8 +154,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def benchmark_only(out_dir: str, show_samples: int) -> int:
-    cfg = config_of(out_dir)
+def benchmark_only(out_dir: str, show_samples: int, overrides: dict) -> int:
+    cfg = config_of(out_dir, overrides)
     from finetuner.evaluation import benchmark_output
 
     benchmark_output(cfg, out_dir, show_samples=show_samples)

@@ -18,7 +18,7 @@ import yaml
 from finetuner import ui
 from finetuner.config import FIELD_NAMES, check_field, coerce, cross_check
 from finetuner.questions import HUB_TOKEN, QUESTIONS, Answers, Question
-from finetuner.sources import check_model
+from finetuner.sources import check_model, hub_offline
 
 ANSWERS_FILE = "finetuner-answers.yaml"
 Check = Callable[[Any], "str | None"]
@@ -91,6 +91,9 @@ def accept(question: Question, raw: Any, answers: Answers, checks: dict[str, Che
     problem = check_field(question.key, value)
     if problem is None and question.key in _MODEL_KEYS:
         problem = check_model(value)
+    if problem is None and question.key == "upload" and value and hub_offline():
+        problem = ("HF_HUB_OFFLINE is set, so the upload would fail after training; answer no and upload "
+                   "later with --upload-only OUTPUT_DIR, or unset HF_HUB_OFFLINE")
     if problem is None and question.key in checks:
         problem = checks[question.key](value)
     return value, problem
@@ -114,6 +117,9 @@ def resolve(given: Answers, ask: Ask | None, use_defaults: bool = False,
     checks = checks or {}
     problems = [f"{k}: unknown setting{_did_you_mean(k)}" for k in given
                 if k not in FIELD_NAMES and k != HUB_TOKEN.key]
+    if problems and ask is not None:  # before any question: answering them would be thrown away
+        raise ui.UserError(f"the answers name {len(problems)} unknown setting{'s' if len(problems) > 1 else ''}",
+                           hint="fix the key in the answers file or --set, then run again", details=problems)
     answers: Answers = {}
     for question in QUESTIONS:
         if not question.applies(answers):

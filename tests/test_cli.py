@@ -118,3 +118,19 @@ def test_output_dir_holding_only_its_answers_file_counts_as_empty(tmp_path):
 
 def test_benchmark_only_on_a_directory_that_is_not_an_output(tmp_path):
     assert_user_error(cli("--benchmark-only", str(tmp_path)), "has no finetuner-answers.yaml")
+
+
+def test_benchmark_only_applies_set_overrides(tmp_path):
+    out = tmp_path / "run"
+    write_answers((out.mkdir() or out) / "finetuner-answers.yaml", output_dir=str(out), benchmark_samples=8)
+    # Checked like any other answer before anything loads: proof the override was not ignored.
+    assert_user_error(cli("--benchmark-only", str(out), "--set", "benchmark_samples=0"),
+                      "benchmark_samples: must be at least 1")
+
+
+def test_a_directory_as_the_dataset_is_named_as_one(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "notes.md").write_text("hello")
+    result = cli("--defaults", "--dry-run", "--set", f"output_dir={tmp_path / 'o'}", "--set", f"dataset={folder}")
+    assert_user_error(result, "is a directory with no")

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from finetuner import __version__, ui
-from finetuner.config import RunConfig, warnings_for
+from finetuner.config import RunConfig, applies, warnings_for
 from finetuner.wizard import ANSWERS_FILE, accept, load_answers, parse_overrides, resolve, save_answers
 
 
@@ -98,9 +98,14 @@ def gather(args: argparse.Namespace) -> tuple[RunConfig, dict]:
     return RunConfig(**answers), secrets
 
 
-def show_plan(cfg: RunConfig) -> None:
-    ui.table("Plan", cfg.to_answers())
-    for note in warnings_for(cfg):
+def show_plan(cfg: RunConfig, checked) -> None:
+    """The settings, then what they add up to; each module that knows a fact adds its rows here."""
+    from finetuner import plan
+
+    rows = list(cfg.to_answers().items())
+    rows += plan.derived_facts(cfg, checked)
+    ui.table("Plan", rows)
+    for note in [*warnings_for(cfg), *plan.plan_warnings(cfg, checked)]:
         ui.warning(note)
 
 
@@ -123,12 +128,16 @@ def run(args: argparse.Namespace) -> int:
         return upload_only(args)
 
     cfg, secrets = gather(args)
-    show_plan(cfg)
+    from finetuner import plan
+
+    checked = plan.preflight(cfg)  # everything cheap that could fail, before the plan and "Start?"
+    plan.show_example(checked)
+    show_plan(cfg, checked)
     answers_path = Path(cfg.output_dir) / ANSWERS_FILE
     if args.dry_run:
         if ui.is_interactive() and not args.answers:
             ui.success(f"Answers saved to {save_answers(answers_path, cfg.to_answers())}")
-        ui.success("Dry run: every setting is valid; nothing was loaded or trained.")
+        ui.success("Dry run: every setting and check passed; no weights were loaded, nothing was trained.")
         return 0
     if ui.is_interactive() and not args.yes and not confirm_start():
         ui.info("Nothing started.")
@@ -138,20 +147,30 @@ def run(args: argparse.Namespace) -> int:
 
     from finetuner.trainer import LLMFineTuner
 
-    tuner = LLMFineTuner(cfg)
+    tuner = LLMFineTuner(cfg, prepared=checked.data)
     result = tuner.train_distillation(resume=args.resume) if cfg.is_distillation else tuner.train(resume=args.resume)
     if result.interrupted:
         ui.warning(f"Interrupted; checkpoint saved. Resume with:  {resume_command(cfg.output_dir)}")
         return 130
     ui.success(f"Model saved in {result.model_dir}")
 
-    if cfg.benchmark:
-        from finetuner.evaluation import benchmark_output
-
-        benchmark_output(cfg, cfg.output_dir, show_samples=args.show_samples)
+    if cfg.benchmark and applies("benchmark", cfg):
+        benchmark_stage(cfg, args.show_samples)
     if cfg.upload:
         upload_stage(cfg, secrets.get("hub_token"))
     return 0
+
+
+def benchmark_stage(cfg: RunConfig, show_samples: int) -> None:
+    """Benchmark a finished run; a run with nothing to benchmark says so and still succeeds."""
+    from finetuner import artifacts
+    from finetuner.evaluation import benchmark_output
+
+    if not artifacts.read_heldout(Path(cfg.output_dir)):
+        ui.warning("Benchmark skipped: no held-out prompts with answers to score "
+                   "(plain text, or eval_fraction 0); the model is saved")
+        return
+    benchmark_output(cfg, cfg.output_dir, show_samples=show_samples)
 
 
 def benchmark_only(out_dir: str, show_samples: int, overrides: dict) -> int:

@@ -22,6 +22,7 @@ class Question:
     ask: bool = True  # False: settable by file or --set only (advanced)
     secret: bool = False  # never written to an answers file
     default: Callable[[Answers], Any] | None = None  # overrides config.default_for
+    skip_note: str | None = None  # said on a terminal when the question does not apply
 
     def applies(self, answers: Answers) -> bool:
         return self.secret or applies(self.key, answers)
@@ -89,7 +90,9 @@ QUESTIONS: tuple[Question, ...] = (
     Question("batch_size", "Batch size"),
     Question("learning_rate", "Learning rate"),
     Question("gradient_accumulation", "Gradient accumulation steps"),
-    Question("benchmark", "Benchmark with ROUGE on held-out data after training?", "confirm"),
+    Question("benchmark", "Benchmark with ROUGE on held-out data after training?", "confirm",
+             help="Scores base vs fine-tuned (or teacher vs student) on rows never trained on.",
+             skip_note="Benchmark skipped: the dataset is plain text, with no prompts and answers to score."),
     Question("benchmark_samples", "How many held-out samples to benchmark"),
     Question("upload", "Upload the result to the Hugging Face Hub?", "confirm"),
     Question("hub_repo", "Hub repository id (username/model-name)"),

@@ -71,6 +71,36 @@ def check_dataset(name: str) -> str | None:
     return None
 
 
+def plain_text_dataset(name: str) -> bool:
+    """Whether a local dataset is plain text (nothing to benchmark), judged from its first record only."""
+    path = Path(name).expanduser()
+    if dataset_kind(name) != "local" or not path.exists():
+        return False
+    if path.is_dir():
+        try:
+            path = data_files_in(path)[0]
+        except ValueError:
+            return False
+    if path.suffix.lower() == ".txt":
+        return True
+    try:
+        with path.open(encoding="utf-8") as handle:
+            first = handle.readline()
+        if path.suffix.lower() == ".jsonl":
+            columns = set(json.loads(first)) if first.strip() else set()
+        elif path.suffix.lower() == ".csv":
+            columns = {c.strip() for c in first.split(",")}
+        else:
+            return False
+    except (OSError, ValueError, TypeError):
+        return False
+    from finetuner.data import CHAT_COLUMNS, PAIR_COLUMNS, TEXT_COLUMNS
+
+    lower = {c.lower() for c in columns}
+    paired = any(p in lower and r in lower for p, _, r in PAIR_COLUMNS) or bool(lower & set(CHAT_COLUMNS))
+    return not paired and bool(lower & set(TEXT_COLUMNS))
+
+
 def data_files_in(folder: Path) -> list[Path]:
     """The data files of a folder given as the dataset: all of one supported type (its shards)."""
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in DATA_EXTENSIONS)

@@ -131,9 +131,10 @@ def _unwrap(model):
 class LLMFineTuner:
     """Fine-tuning (LoRA, QLoRA, AdaLoRA) and knowledge distillation from one RunConfig."""
 
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, prepared: PreparedData | None = None):
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
+        self.prepared = prepared  # the data the plan's checks already prepared, if any
 
     # ---- public entry points ----------------------------------------------------------------
 
@@ -204,8 +205,11 @@ class LLMFineTuner:
         return last
 
     def _prepare_data(self, tokenizer) -> PreparedData:
-        ui.step(f"Preparing dataset {self.cfg.dataset}")
-        data = prepare(self.cfg, tokenizer)
+        if self.prepared is not None:
+            data = self.prepared
+        else:
+            ui.step(f"Preparing dataset {self.cfg.dataset}")
+            data = prepare(self.cfg, tokenizer)
         artifacts.write_heldout(self.out, data.heldout)
         return data
 

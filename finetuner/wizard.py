@@ -16,7 +16,7 @@ from typing import Any, Callable
 import yaml
 
 from finetuner import ui
-from finetuner.config import FIELD_NAMES, check_field, coerce, cross_check
+from finetuner.config import FIELD_NAMES, applies, check_field, coerce, cross_check
 from finetuner.questions import HUB_TOKEN, QUESTIONS, Answers, Question
 from finetuner.sources import check_model, hub_offline
 
@@ -94,6 +94,10 @@ def accept(question: Question, raw: Any, answers: Answers, checks: dict[str, Che
     if problem is None and question.key == "upload" and value and hub_offline():
         problem = ("HF_HUB_OFFLINE is set, so the upload would fail after training; answer no and upload "
                    "later with --upload-only OUTPUT_DIR, or unset HF_HUB_OFFLINE")
+    if problem is None:  # a rule spanning fields, checked as soon as this answer completes it
+        prefix = f"{question.key}:"
+        problem = next((p[len(prefix):].strip() for p in cross_check({**answers, question.key: value})
+                        if p.startswith(prefix)), None)
     if problem is None and question.key in checks:
         problem = checks[question.key](value)
     return value, problem
@@ -123,6 +127,8 @@ def resolve(given: Answers, ask: Ask | None, use_defaults: bool = False,
     answers: Answers = {}
     for question in QUESTIONS:
         if not question.applies(answers):
+            if ask is not None and question.skip_note and applies(question.key, {}):
+                ui.info(question.skip_note)
             continue
         value = _resolve_one(question, given, answers, ask, use_defaults, checks, problems)
         answers[question.key] = value

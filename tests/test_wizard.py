@@ -143,3 +143,29 @@ def test_upload_while_offline_is_refused_at_the_question(monkeypatch):
     with pytest.raises(UserError) as caught:
         resolve({"upload": True, "hub_repo": "me/model"}, None, use_defaults=True)
     assert "HF_HUB_OFFLINE" in "\n".join(caught.value.details)
+
+
+def test_too_many_student_layers_are_refused_at_the_question():
+    replies = {"student_layers": iter(["31", "10"])}
+    asked = []
+
+    def ask(question, default, answers):
+        asked.append(question.key)
+        return next(replies[question.key]) if question.key in replies else default
+
+    answers, _ = resolve({"approach": "distillation"}, ask)
+    first = asked.index("student_layers")
+    assert asked[first + 1] == "student_layers", f"re-asked only later: {asked}"
+    assert answers["student_layers"] == 10
+
+
+def test_plain_text_dataset_skips_the_benchmark_question_and_says_why(tmp_path, capsys):
+    from finetuner.config import applies
+
+    text = tmp_path / "notes.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog.\n" * 20)
+    ask = scripted({"dataset": str(text)})
+    answers, _ = resolve({"approach": "fine-tuning"}, ask)
+    assert "benchmark" not in ask.asked and "benchmark" not in answers
+    assert not applies("benchmark", RunConfig(dataset=str(text)))
+    assert "plain text" in capsys.readouterr().out

@@ -153,12 +153,23 @@ def run(args: argparse.Namespace) -> int:
         ui.warning(f"Interrupted; checkpoint saved. Resume with:  {resume_command(cfg.output_dir)}")
         return 130
     ui.success(f"Model saved in {result.model_dir}")
+    describe_adapter(cfg)
 
     if cfg.benchmark and applies("benchmark", cfg):
         benchmark_stage(cfg, args.show_samples)
     if cfg.upload:
         upload_stage(cfg, secrets.get("hub_token"))
     return 0
+
+
+def describe_adapter(cfg: RunConfig) -> None:
+    """Replace PEFT's blank README template next to the adapter with finetuner's card."""
+    from finetuner import artifacts
+    from finetuner.hub import CARD_FILE, model_card
+
+    adapter_dir = Path(cfg.output_dir) / artifacts.ADAPTER_DIR
+    if adapter_dir.is_dir():
+        artifacts.write_text_atomic(adapter_dir / CARD_FILE, model_card(cfg, None, adapter=True))
 
 
 def benchmark_stage(cfg: RunConfig, show_samples: int) -> None:

@@ -19,6 +19,7 @@ from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 from finetuner import adapters, artifacts, disk, models, ui
 from finetuner.config import RunConfig
 from finetuner.data import PreparedData, make_collator, prepare
+from finetuner.formatting import save_prompt_format
 from finetuner.interrupt import GracefulInterrupt
 from finetuner.losses import kd_loss_from_hidden
 from finetuner.progress import ProgressReporter
@@ -293,6 +294,7 @@ class LLMFineTuner:
         return TrainResult(model_dir, False, output.training_loss, seconds, trainer.state.global_step)
 
     def _save(self, model, tokenizer, adapter: bool, base_name: str | None) -> Path:
+        save_prompt_format(tokenizer)  # a model without a chat template keeps the format it learned
         model_dir = self.out / artifacts.MODEL_DIR
         if not adapter:
             model.save_pretrained(model_dir)

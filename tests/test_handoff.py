@@ -1,0 +1,69 @@
+"""What a finished run hands the user: the prompt format saved with the model, a model card whose
+usage snippet runs, the summary panel, the loss curve and the chat."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from finetune_cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def lora_run_without_template(tmp_path_factory, tokenizer_dir, qa_file):
+    """A LoRA run (adapter only) on a GPT-2 whose tokenizer has no chat template."""
+    from transformers import AutoTokenizer
+
+    from conftest import build_gpt2
+
+    root = tmp_path_factory.mktemp("plain-gpt2")
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tok.chat_template = None
+    base = build_gpt2(root / "gpt2", tok, layers=2)
+    assert not AutoTokenizer.from_pretrained(base).chat_template
+    out = root / "out"
+    answers = root / "answers.yaml"
+    answers.write_text(yaml.safe_dump(dict(
+        approach="fine-tuning", model=str(base), method="lora", output_dir=str(out), dataset=str(qa_file),
+        max_samples=24, max_length=64, epochs=1, batch_size=8, gradient_accumulation=1, benchmark=False,
+        upload=False, merge_adapter=False)))
+    assert main(["--answers", str(answers), "--defaults", "--yes"]) == 0
+    return out
+
+
+def test_model_card_usage_snippet_runs_for_a_model_without_a_chat_template(lora_run_without_template):
+    from finetune_cli import config_of
+    from finetuner.hub import model_card
+
+    out = lora_run_without_template
+    card = model_card(config_of(str(out)), None, adapter=True)
+    code = re.search(r"```python\n(.*?)```", card, re.S).group(1).replace("USER/MODEL", str(out / "adapter"))
+    exec(compile(code, "model-card-usage", "exec"), {})  # as a reader pastes it; raises if it fails
+
+
+def test_saved_template_writes_the_prompt_exactly_as_training_did(lora_run_without_template, tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    from finetuner.formatting import render_messages_prompt, render_prompt
+
+    saved = AutoTokenizer.from_pretrained(lora_run_without_template / "adapter")
+    plain = AutoTokenizer.from_pretrained(tokenizer_dir)
+    plain.chat_template = None
+    question = "What is 2 plus 3?"
+    assert saved.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                     add_generation_prompt=True) == render_prompt(plain, question)
+    history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+               {"role": "user", "content": question}]
+    assert saved.apply_chat_template(history, tokenize=False, add_generation_prompt=True) == \
+        render_messages_prompt(plain, history)
+
+
+def test_adapter_readme_is_finetuners_card_not_pefts_template(lora_run_without_template):
+    readme = (lora_run_without_template / "adapter" / "README.md").read_text()
+    assert "More Information Needed" not in readme
+    assert "fine-tuned with LoRA" in readme and "## Usage" in readme

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from finetuner import __version__, ui
 from finetuner.config import RunConfig, applies, warnings_for
-from finetuner.wizard import ANSWERS_FILE, accept, load_answers, parse_overrides, resolve, save_answers
+from finetuner.wizard import (ANSWERS_FILE, find_previous_answers, load_answers, parse_overrides,
+                              previous_defaults, resolve, save_answers)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -36,12 +37,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 # ---- answers --------------------------------------------------------------------------------
 
-def ask_at_terminal(question, default, answers):
-    """Prompt for one answer with questionary; raises KeyboardInterrupt on Ctrl-C."""
-    import questionary
+PATH_KEYS = ("model", "teacher", "student", "output_dir", "dataset")  # Tab completes file names
 
-    if question.help:
-        ui.console.print(f"  [dim]{ui._escape(question.help)}[/]")
+
+def ask_at_terminal(question, default, answers):
+    """Prompt for one answer with questionary; raises KeyboardInterrupt on Ctrl-C.
+
+    Text answers are not prefilled: the default shows greyed out and Enter takes it, so typing
+    replaces it. A bad answer is explained on the line right under the prompt (by the caller)."""
+    import questionary
+    from prompt_toolkit.formatted_text import FormattedText
+
+    help_text = question.help_for(answers)
+    if help_text:
+        ui.console.print(f"  [dim]{ui._escape(help_text)}[/]")
     message = question.text(answers)
     if question.kind == "select":
         choices = [questionary.Choice(title, value=value) for title, value in question.choices]
@@ -51,12 +60,11 @@ def ask_at_terminal(question, default, answers):
         return questionary.confirm(message, default=bool(default)).unsafe_ask()
     if question.kind == "secret":
         return questionary.password(message).unsafe_ask()
-
-    def validate(text: str):
-        return accept(question, text, answers, {})[1] or True
-
-    return questionary.text(message, default="" if default is None else str(default), validate=validate,
-                            validate_while_typing=False).unsafe_ask()
+    shown = "" if default is None else str(default)
+    placeholder = FormattedText([("fg:ansibrightblack", shown)])
+    prompt = questionary.path if question.key in PATH_KEYS else questionary.text
+    typed = prompt(message, placeholder=placeholder).unsafe_ask()
+    return default if not str(typed).strip() else typed
 
 
 def output_dir_check(overwrite: bool, resume: bool, interactive: bool):
@@ -92,10 +100,35 @@ def gather(args: argparse.Namespace) -> tuple[RunConfig, dict]:
     given = load_answers(args.answers) if args.answers else {}
     given.update(parse_overrides(args.set))
     interactive = ui.is_interactive()
+    previous = {}
+    if interactive and not args.answers and (found := find_previous_answers()):
+        previous = previous_defaults(found)
+        ui.info(f"The defaults are your previous answers, from {found} (Enter keeps them).")
+    return resolve_config(args, given, previous)
+
+
+def resolve_config(args: argparse.Namespace, given: dict, previous: dict) -> tuple[RunConfig, dict]:
+    interactive = ui.is_interactive()
     checks = {"output_dir": output_dir_check(args.overwrite, args.resume, interactive)}
     answers, secrets = resolve(given, ask_at_terminal if interactive else None, use_defaults=args.defaults,
-                               checks=checks, token_found=hub_token_configured)
+                               checks=checks, token_found=hub_token_configured, previous=previous)
     return RunConfig(**answers), secrets
+
+
+def edit_one_setting(args: argparse.Namespace, cfg: RunConfig, secrets: dict) -> tuple[RunConfig, dict]:
+    """Ask one setting again (its current value as the default), then any question the change opens."""
+    import questionary
+
+    from finetuner.questions import QUESTIONS
+
+    answers = cfg.to_answers()
+    editable = [q for q in QUESTIONS if q.ask and q.key in answers]
+    key = questionary.select("Which setting? (type to filter)",
+                             choices=[questionary.Choice(f"{q.key} = {answers[q.key]}", q.key) for q in editable],
+                             use_search_filter=True, use_jk_keys=False).unsafe_ask()
+    given = {k: v for k, v in answers.items() if k != key}
+    new_cfg, new_secrets = resolve_config(args, given, previous={key: answers[key]})
+    return new_cfg, {**secrets, **new_secrets}
 
 
 def show_plan(cfg: RunConfig, checked) -> None:
@@ -109,10 +142,15 @@ def show_plan(cfg: RunConfig, checked) -> None:
         ui.warning(note)
 
 
-def confirm_start() -> bool:
+def confirm_start() -> str:
+    """'start', 'edit' (change one setting, then see the plan again) or 'quit'."""
     import questionary
 
-    return bool(questionary.confirm("Start?", default=True).unsafe_ask())
+    return questionary.select("Start?", choices=[
+        questionary.Choice("Yes, start", "start"),
+        questionary.Choice("Change a setting first", "edit"),
+        questionary.Choice("No, not now (the answers are saved for next time)", "quit"),
+    ]).unsafe_ask()
 
 
 def resume_command(out_dir: str) -> str:
@@ -130,18 +168,25 @@ def run(args: argparse.Namespace) -> int:
     cfg, secrets = gather(args)
     from finetuner import plan
 
-    checked = plan.preflight(cfg)  # everything cheap that could fail, before the plan and "Start?"
-    plan.show_example(checked)
-    show_plan(cfg, checked)
-    answers_path = Path(cfg.output_dir) / ANSWERS_FILE
-    if args.dry_run:
-        if ui.is_interactive() and not args.answers:
-            ui.success(f"Answers saved to {save_answers(answers_path, cfg.to_answers())}")
-        ui.success("Dry run: every setting and check passed; no weights were loaded, nothing was trained.")
-        return 0
-    if ui.is_interactive() and not args.yes and not confirm_start():
-        ui.info("Nothing started.")
-        return 0
+    while True:
+        checked = plan.preflight(cfg)  # everything cheap that could fail, before the plan and "Start?"
+        plan.show_example(checked)
+        show_plan(cfg, checked)
+        answers_path = Path(cfg.output_dir) / ANSWERS_FILE
+        if args.dry_run:
+            if ui.is_interactive() and not args.answers:
+                ui.success(f"Answers saved to {save_answers(answers_path, cfg.to_answers())}")
+            ui.success("Dry run: every setting and check passed; no weights were loaded, nothing was trained.")
+            return 0
+        choice = confirm_start() if ui.is_interactive() and not args.yes else "start"
+        if choice == "start":
+            break
+        if choice == "quit":
+            save_answers(answers_path, cfg.to_answers())
+            ui.info(f"Nothing started. Answers saved to {answers_path} "
+                    f"(start later: python finetune_cli.py --answers {answers_path})")
+            return 0
+        cfg, secrets = edit_one_setting(args, cfg, secrets)
     save_answers(answers_path, cfg.to_answers())
     ui.info(f"Answers saved to {answers_path} (replay: python finetune_cli.py --answers {answers_path})")
 
@@ -222,7 +267,15 @@ def config_of(out_dir: str, overrides: dict | None = None) -> RunConfig:
     return RunConfig(**answers)
 
 
+def _drop_interrupted_cleanup(unraisable) -> None:
+    """A Ctrl-C that lands in a garbage-collection callback is ignored by Python, which prints a
+    traceback for it; the user already pressed Ctrl-C, so the traceback only alarms."""
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        sys.__unraisablehook__(unraisable)
+
+
 def main(argv: list[str] | None = None) -> int:
+    sys.unraisablehook = _drop_interrupted_cleanup
     args = parse_args(argv)
     try:
         return run(args)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from finetuner import __version__, ui
@@ -29,6 +30,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="continue from the output directory's last checkpoint")
     parser.add_argument("--benchmark-only", metavar="OUTPUT_DIR", help="benchmark an existing output directory")
     parser.add_argument("--upload-only", metavar="OUTPUT_DIR", help="upload an existing output directory")
+    parser.add_argument("--chat", metavar="OUTPUT_DIR", help="chat with a finished run's model in the terminal")
+    parser.add_argument("--compare", action="store_true",
+                        help="with --chat: the teacher (or base model) answers beside it")
+    parser.add_argument("--verbose", action="store_true", help="show library warnings instead of one dimmed line")
     parser.add_argument("--show-samples", type=int, default=3, metavar="N",
                         help="sample generations to show after benchmarking (default 3)")
     parser.add_argument("--version", action="version", version=f"finetuner {__version__}")
@@ -164,6 +169,8 @@ def run(args: argparse.Namespace) -> int:
         return benchmark_only(args.benchmark_only, args.show_samples, parse_overrides(args.set))
     if args.upload_only:
         return upload_only(args)
+    if args.chat:
+        return chat_only(args)
 
     cfg, secrets = gather(args)
     from finetuner import plan
@@ -189,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
         cfg, secrets = edit_one_setting(args, cfg, secrets)
     save_answers(answers_path, cfg.to_answers())
     ui.info(f"Answers saved to {answers_path} (replay: python finetune_cli.py --answers {answers_path})")
+    started = time.perf_counter()
 
     from finetuner.trainer import LLMFineTuner
 
@@ -202,8 +210,11 @@ def run(args: argparse.Namespace) -> int:
 
     if cfg.benchmark and applies("benchmark", cfg):
         benchmark_stage(cfg, args.show_samples)
-    if cfg.upload:
-        upload_stage(cfg, secrets.get("hub_token"))
+    uploaded = upload_stage(cfg, secrets.get("hub_token")) if cfg.upload else None
+    from finetuner import summary
+
+    summary.show(cfg.output_dir, result.seconds, time.perf_counter() - started,
+                 estimate=plan.estimated_seconds(cfg, checked.data), hub_repo=cfg.hub_repo, uploaded=uploaded)
     return 0
 
 
@@ -237,6 +248,13 @@ def benchmark_only(out_dir: str, show_samples: int, overrides: dict) -> int:
     return 0
 
 
+def chat_only(args: argparse.Namespace) -> int:
+    from finetuner import chat
+
+    chat.run(config_of(args.chat, parse_overrides(args.set)), args.chat, compare=args.compare)
+    return 0
+
+
 def upload_only(args: argparse.Namespace) -> int:
     out_dir = args.upload_only
     overrides = parse_overrides(args.set)
@@ -250,11 +268,12 @@ def upload_only(args: argparse.Namespace) -> int:
     return 0
 
 
-def upload_stage(cfg: RunConfig, token: str | None, out_dir: str | None = None) -> None:
+def upload_stage(cfg: RunConfig, token: str | None, out_dir: str | None = None) -> str:
     from finetuner import hub
 
     url = hub.publish(cfg, out_dir or cfg.output_dir, token=token)
     ui.success(f"Uploaded to {url}")
+    return url
 
 
 def config_of(out_dir: str, overrides: dict | None = None) -> RunConfig:

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from finetuner import ui
 from finetuner.config import RunConfig
 
-# Effective training FLOP/s on 2 CPU cores (bf16 autocast), measured on the README's main command
-# (examples/distill-quick.yaml, 2026-11-24); other CPUs scale with their core count.
-CPU_FLOPS_PER_CORE = 60e9
-CALIBRATION = "calibrated estimate: counted tokens x FLOPs per token at the rate measured on 2 CPU cores"
+# Effective training FLOP/s per CPU thread (bf16 autocast), from finetuner's DistillationTrainer in
+# benchmarks/results/distill_speed-2026-11-24.json: 238 tokens/s on 2 idle cores, SmolLM2-135M
+# teaching its 15-layer student on GSM8K (about 670 MFLOPs a token by the count below).
+CPU_FLOPS_PER_CORE = 80e9
+CALIBRATION = "calibrated: tokens x FLOPs per token at the rate measured on 2 idle CPU cores"
 
 
 @dataclass

@@ -67,3 +67,75 @@ def test_adapter_readme_is_finetuners_card_not_pefts_template(lora_run_without_t
     readme = (lora_run_without_template / "adapter" / "README.md").read_text()
     assert "More Information Needed" not in readme
     assert "fine-tuned with LoRA" in readme and "## Usage" in readme
+
+
+def test_summary_panel_says_where_the_model_is_and_what_to_run_next(lora_run_without_template, capsys):
+    import json
+
+    from finetuner import summary, ui
+
+    out = lora_run_without_template
+    (out / "benchmark.json").write_text(json.dumps({"models": [{"rouge": {"rougeL": 0.1}}],
+                                                   "verdict": {"summary": "Distillation paid: kept 90%."}}))
+    width, ui.console.width = ui.console.width, 300  # one command a line, as on a wide terminal
+    try:
+        summary.show(out, 12.0, 75.0, estimate=10.0)
+    finally:
+        (out / "benchmark.json").unlink()
+        ui.console.width = width
+    text = capsys.readouterr().out
+    assert str(out / "adapter") in text and "LoRA adapter" in text
+    assert "Distillation paid: kept 90%." in text
+    assert "1m 15s in all, training 12s (the plan estimated 10s)" in text
+    assert f"--chat {out}" in text and f"--upload-only {out}" in text and "AutoPeftModelForCausalLM" in text
+
+
+def test_chat_streams_keeps_the_conversation_and_compares_in_a_pty(lora_run_without_template):
+    import os
+    import sys
+
+    import pexpect
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PROMPT_TOOLKIT_NO_CPR": "1"}
+    child = pexpect.spawn(sys.executable, [str(ROOT / "finetune_cli.py"), "--chat", str(lora_run_without_template),
+                                           "--compare", "--set", "max_new_tokens=8"], env=env, encoding="utf-8", timeout=90, dimensions=(40, 160))
+    child.expect("you> ")
+    child.send("What is 2 plus 3?\r")
+    child.expect("trained model")  # the two answers side by side
+    child.expect("base model")
+    child.expect("you> ")
+    child.send("/reset\r")
+    child.expect("conversation forgotten")
+    child.send("/exit\r")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, child.before
+
+
+def test_chat_writes_each_turn_in_the_training_format(lora_run_without_template, tokenizer_dir):
+    """Multi-turn: the second message is sent with the first exchange before it, as training wrote it."""
+    from transformers import AutoTokenizer
+
+    from finetune_cli import config_of
+    from finetuner import chat
+    from finetuner.formatting import render_messages_prompt
+
+    seen = []
+    original = chat._encode
+
+    def spy(tokenizer, messages):
+        seen.append([dict(m) for m in messages])
+        return original(tokenizer, messages)
+
+    lines = iter(["first question", "second question", "/exit"])
+    chat._encode = spy
+    try:
+        cfg = config_of(str(lora_run_without_template), {"max_new_tokens": 8})
+        chat.run(cfg, lora_run_without_template, read=lambda _: next(lines))
+    finally:
+        chat._encode = original
+    assert [m["role"] for m in seen[1]] == ["user", "assistant", "user"]
+    plain = AutoTokenizer.from_pretrained(tokenizer_dir)
+    plain.chat_template = None
+    saved = AutoTokenizer.from_pretrained(lora_run_without_template / "adapter")
+    assert render_messages_prompt(saved, seen[1]) == render_messages_prompt(plain, seen[1])

@@ -139,3 +139,16 @@ def test_chat_writes_each_turn_in_the_training_format(lora_run_without_template,
     plain.chat_template = None
     saved = AutoTokenizer.from_pretrained(lora_run_without_template / "adapter")
     assert render_messages_prompt(saved, seen[1]) == render_messages_prompt(plain, seen[1])
+
+
+def test_loss_curve_gives_ce_and_kl_their_own_panels_with_held_out_points(tmp_path):
+    from PIL import Image
+
+    from finetuner.artifacts import plot_loss
+
+    history = [{"step": s, "loss": 5 - s * 0.1, "ce": 3 - s * 0.05, "kl": 0.4 - s * 0.01} for s in range(1, 11)]
+    history += [{"step": 5, "eval_loss": 4.8, "eval_ce": 2.9, "eval_kl": 0.38}]
+    distilled = Image.open(plot_loss(history, tmp_path / "kd.png"))
+    plain = Image.open(plot_loss([{k: v for k, v in e.items() if k in ("step", "loss", "eval_loss")}
+                                  for e in history], tmp_path / "ft.png"))
+    assert distilled.height > 2.5 * plain.height  # three panels (loss, CE, KL) against one

@@ -200,8 +200,11 @@ def run(args: argparse.Namespace) -> int:
 
     from finetuner.trainer import LLMFineTuner
 
+    from finetuner import noise
+
     tuner = LLMFineTuner(cfg, prepared=checked.data)
-    result = tuner.train_distillation(resume=args.resume) if cfg.is_distillation else tuner.train(resume=args.resume)
+    with noise.routed_to_log(cfg.output_dir, args.verbose):
+        result = tuner.train_distillation(resume=args.resume) if cfg.is_distillation else tuner.train(resume=args.resume)
     if result.interrupted:
         ui.warning(f"Interrupted; checkpoint saved. Resume with:  {resume_command(cfg.output_dir)}")
         return 130
@@ -209,7 +212,8 @@ def run(args: argparse.Namespace) -> int:
     describe_adapter(cfg)
 
     if cfg.benchmark and applies("benchmark", cfg):
-        benchmark_stage(cfg, args.show_samples)
+        with noise.routed_to_log(cfg.output_dir, args.verbose):
+            benchmark_stage(cfg, args.show_samples)
     uploaded = upload_stage(cfg, secrets.get("hub_token")) if cfg.upload else None
     from finetuner import summary
 
@@ -249,9 +253,10 @@ def benchmark_only(out_dir: str, show_samples: int, overrides: dict) -> int:
 
 
 def chat_only(args: argparse.Namespace) -> int:
-    from finetuner import chat
+    from finetuner import chat, noise
 
-    chat.run(config_of(args.chat, parse_overrides(args.set)), args.chat, compare=args.compare)
+    with noise.routed_to_log(args.chat, args.verbose):
+        chat.run(config_of(args.chat, parse_overrides(args.set)), args.chat, compare=args.compare)
     return 0
 
 

@@ -152,3 +152,37 @@ def test_loss_curve_gives_ce_and_kl_their_own_panels_with_held_out_points(tmp_pa
     plain = Image.open(plot_loss([{k: v for k, v in e.items() if k in ("step", "loss", "eval_loss")}
                                   for e in history], tmp_path / "ft.png"))
     assert distilled.height > 2.5 * plain.height  # three panels (loss, CE, KL) against one
+
+
+def test_progress_lines_label_elapsed_eta_epoch_lr_and_losses(capsys):
+    from transformers import TrainerState
+
+    from finetuner.progress import ProgressReporter
+
+    reporter = ProgressReporter(interactive=False, every=1)
+    state = TrainerState(max_steps=4, global_step=0, num_input_tokens_seen=0)
+    reporter.on_train_begin(None, state, None)
+    state.global_step, state.num_input_tokens_seen = 1, 500
+    reporter.on_log(None, state, None, logs={"loss": 2.5, "ce": 2.0, "kl": 0.6, "learning_rate": 2e-4, "epoch": 0.25})
+    reporter.on_train_end(None, state, None)
+    text = capsys.readouterr().out
+    for fragment in ("step 1/4", "elapsed", "ETA", "epoch 0.25", "lr 2.00e-04", "loss 2.5000", "CE 2.0000",
+                     "KL 0.6000", "tok/s", "training took"):
+        assert fragment in text, (fragment, text)
+
+
+def test_library_warnings_go_to_the_log_and_one_dimmed_line(tmp_path, capsys):
+    import logging
+    import warnings
+
+    from finetuner import noise
+
+    with noise.routed_to_log(tmp_path):
+        logging.getLogger("transformers.trainer").warning("There were missing keys in the checkpoint model "
+                                                          "loaded: ['lm_head.weight'].")
+        warnings.warn("`torch_dtype` is deprecated", FutureWarning)
+    captured = capsys.readouterr()
+    assert "lm_head.weight" not in captured.out + captured.err and "deprecated" not in captured.out + captured.err
+    assert "2 library warnings went to" in captured.out
+    log = (tmp_path / noise.LOG_FILE).read_text()
+    assert "lm_head.weight" in log and "FutureWarning" in log

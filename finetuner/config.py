@@ -190,8 +190,12 @@ def applies(key: str, answers: Any) -> bool:
         from finetuner.sources import dataset_kind
 
         return dataset_kind(get("dataset", BUILTIN_DATASET)) == "hub"
+    if key == "benchmark":  # plain text has no prompts and answers to score
+        from finetuner.sources import plain_text_dataset
+
+        return not plain_text_dataset(get("dataset", BUILTIN_DATASET))
     if key in ("benchmark_samples", "max_new_tokens"):
-        return bool(get("benchmark", True))
+        return bool(get("benchmark", True)) and applies("benchmark", answers)
     if key in ("hub_repo", "hub_private"):
         return bool(get("upload", False))
     return True

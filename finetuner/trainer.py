@@ -19,6 +19,7 @@ from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 from finetuner import adapters, artifacts, disk, models, ui
 from finetuner.config import RunConfig
 from finetuner.data import PreparedData, make_collator, prepare
+from finetuner.formatting import save_prompt_format
 from finetuner.interrupt import GracefulInterrupt
 from finetuner.objectives import trainer_settings as objective_settings
 from finetuner.losses import kd_loss_from_hidden, select_targets
@@ -188,10 +189,11 @@ def _unwrap(model):
 class LLMFineTuner:
     """Fine-tuning (LoRA, QLoRA, AdaLoRA) and knowledge distillation from one RunConfig."""
 
-    def __init__(self, cfg: RunConfig, teacher_data=None):
+    def __init__(self, cfg: RunConfig, teacher_data=None, prepared: PreparedData | None = None):
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         self.teacher_data = teacher_data  # teachers.generate.TeacherData when the teacher wrote the responses
+        self.prepared = prepared  # the data the plan's checks already prepared, if any
 
     # ---- public entry points ----------------------------------------------------------------
 
@@ -293,10 +295,13 @@ class LLMFineTuner:
         return last
 
     def _prepare_data(self, tokenizer) -> PreparedData:
-        ui.step(f"Preparing dataset {self.cfg.dataset}")
         written = self.teacher_data
-        data = prepare(self.cfg, tokenizer, dataset=written.dataset if written else None,
-                       rewrite=written.rewrite if written else None)
+        if self.prepared is not None and written is None:
+            data = self.prepared
+        else:
+            ui.step(f"Preparing dataset {self.cfg.dataset}")
+            data = prepare(self.cfg, tokenizer, dataset=written.dataset if written else None,
+                           rewrite=written.rewrite if written else None)
         artifacts.write_heldout(self.out, data.heldout)
         return data
 
@@ -380,6 +385,7 @@ class LLMFineTuner:
         return TrainResult(model_dir, False, output.training_loss, seconds, trainer.state.global_step)
 
     def _save(self, model, tokenizer, adapter: bool, base_name: str | None) -> Path:
+        save_prompt_format(tokenizer)  # a model without a chat template keeps the format it learned
         model_dir = self.out / artifacts.MODEL_DIR
         if not adapter:
             model.save_pretrained(model_dir)

@@ -364,11 +364,20 @@ def cross_check(cfg: Any) -> list[str]:
     if get("questions_per_chunk") and not (distill and get("distillation_mode") in ("responses", "hybrid")):
         problems.append("questions_per_chunk: questions from documents need a teacher that writes "
                         "(approach distillation, distillation_mode responses or hybrid)")
-    if get("dataset") and not get("questions_per_chunk"):
-        from finetuner.sources import is_documents
+    if get("dataset"):
+        from pathlib import Path
 
-        if is_documents(get("dataset")):
-            problems.append(f"dataset: {get('dataset')} is read as documents; set questions_per_chunk (e.g. 3) "
+        from finetuner.sources import DATA_EXTENSIONS, is_documents
+
+        dataset = get("dataset")
+        writes = distill and get("distillation_mode", "logits") in ("responses", "hybrid")
+        if is_documents(dataset) and not writes:
+            what = "a directory with no data files" if Path(dataset).expanduser().is_dir() else "a document"
+            problems.append(f"dataset: {dataset} is {what} ({', '.join(DATA_EXTENSIONS)}), only documents to "
+                            "read; give training rows, or let a teacher write questions from the documents "
+                            "(approach distillation, distillation_mode responses, questions_per_chunk 3)")
+        elif is_documents(dataset) and get("questions_per_chunk") == 0:  # None: not answered yet
+            problems.append(f"dataset: {dataset} is read as documents; set questions_per_chunk (e.g. 3) "
                             "so the teacher writes questions from it")
     if get("upload") and not get("hub_repo"):
         problems.append("hub_repo: needed when upload is on (e.g. 'username/my-model')")

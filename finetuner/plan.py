@@ -91,7 +91,7 @@ def flops_per_step_parts(cfg: RunConfig, tokens: int, label_tokens: int) -> floa
     student = disk.parameter_count(_trained_model(cfg), cfg.student_layers if cfg.is_distillation else None)
     head = _head_params(_trained_model(cfg))
     train_factor = 4 if cfg.uses_lora else 6
-    if not cfg.is_distillation:
+    if not cfg.is_distillation or cfg.distillation_mode == "responses":  # no teacher forward while training
         return train_factor * student * tokens
     teacher = disk.parameter_count(cfg.teacher)
     teacher_head = _head_params(cfg.teacher)
@@ -104,7 +104,7 @@ def estimated_seconds(cfg: RunConfig, data) -> float | None:
     """Training time (the optimizer steps, not loading or benchmarking); None on a GPU."""
     import torch
 
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() or data is None:  # no rows yet when the teacher writes them from documents
         return None
     stats = data.stats
     if not stats.get("train_rows"):

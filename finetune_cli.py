@@ -26,6 +26,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--yes", "-y", action="store_true", help="skip the confirmation")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output directory")
     parser.add_argument("--resume", action="store_true", help="continue from the output directory's last checkpoint")
+    parser.add_argument("--cache-teacher", action="store_true",
+                        help="fill the teacher cache (teacher_cache) and stop; train later, on any machine")
     parser.add_argument("--benchmark-only", metavar="OUTPUT_DIR", help="benchmark an existing output directory")
     parser.add_argument("--upload-only", metavar="OUTPUT_DIR", help="upload an existing output directory")
     parser.add_argument("--show-samples", type=int, default=3, metavar="N",
@@ -92,14 +94,33 @@ def gather(args: argparse.Namespace) -> tuple[RunConfig, dict]:
     given = load_answers(args.answers) if args.answers else {}
     given.update(parse_overrides(args.set))
     interactive = ui.is_interactive()
-    checks = {"output_dir": output_dir_check(args.overwrite, args.resume, interactive)}
+    checks = {"output_dir": output_dir_check(args.overwrite, args.resume, interactive),
+              "teacher": teacher_check(given)}
     answers, secrets = resolve(given, ask_at_terminal if interactive else None, use_defaults=args.defaults,
                                checks=checks, token_found=hub_token_configured)
     return RunConfig(**answers), secrets
 
 
+def teacher_check(given: dict):
+    """The teacher must exist, unless the answers' teacher_cache already holds its complete cache."""
+    from finetuner.sources import check_model
+
+    def check(value: str) -> str | None:
+        problem = check_model(value)
+        if problem is None or not given.get("teacher_cache"):
+            return problem
+        from finetuner.teachers import topk_cache
+
+        manifest = topk_cache.complete_manifest(Path(str(given["teacher_cache"])))
+        return None if manifest and manifest["fingerprint"]["teacher"] == value else problem
+
+    return check
+
+
 def show_plan(cfg: RunConfig) -> None:
-    ui.table("Plan", cfg.to_answers())
+    from finetuner.teachers.topk_cache import plan_rows
+
+    ui.table("Plan", [*cfg.to_answers().items(), *plan_rows(cfg)])
     for note in warnings_for(cfg):
         ui.warning(note)
 
@@ -139,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
     from finetuner.trainer import LLMFineTuner
 
     tuner = LLMFineTuner(cfg)
+    if args.cache_teacher:
+        return cache_teacher_stage(tuner, answers_path)
     result = tuner.train_distillation(resume=args.resume) if cfg.is_distillation else tuner.train(resume=args.resume)
     if result.interrupted:
         ui.warning(f"Interrupted; checkpoint saved. Resume with:  {resume_command(cfg.output_dir)}")
@@ -151,6 +174,14 @@ def run(args: argparse.Namespace) -> int:
         benchmark_output(cfg, cfg.output_dir, show_samples=args.show_samples)
     if cfg.upload:
         upload_stage(cfg, secrets.get("hub_token"))
+    return 0
+
+
+def cache_teacher_stage(tuner, answers_path: Path) -> int:
+    """--cache-teacher: fill the cache and stop; the same answers file trains from it later."""
+    cache = tuner.build_teacher_cache()
+    ui.success(f"Teacher cache ready in {cache}. Train (here or on a machine with a copy of it at the same path, "
+               f"or with teacher_cache set to the copy's path):  python finetune_cli.py --answers {answers_path}")
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import typing
+from pathlib import Path
 from dataclasses import dataclass, fields
 from typing import Any, Optional
 
@@ -60,6 +61,9 @@ class RunConfig:
     upload: bool = False
     hub_repo: Optional[str] = None
     hub_private: bool = True
+    # Teacher cache (issue 12): the teacher's top-k per counted position, written once to a directory
+    teacher_cache: Optional[str] = None
+    teacher_top_k: int = 64
     # Advanced (answers file or --set only)
     eval_fraction: float = 0.1
     merge_adapter: bool = True
@@ -117,6 +121,10 @@ def applies(key: str, answers: Any) -> bool:
         return not distill
     if key in ("teacher", "student", "student_layers", "student_training", "temperature", "alpha"):
         return distill
+    if key == "teacher_cache":
+        return distill
+    if key == "teacher_top_k":
+        return distill and bool(get("teacher_cache"))
     uses_lora = get("student_training", "full") == "lora" if distill else True
     if key in ("lora_r", "lora_alpha", "lora_dropout"):
         return uses_lora and (distill or method in ("lora", "qlora"))
@@ -211,6 +219,10 @@ def check_field(key: str, value: Any) -> str | None:
                     "student_layers")
     if key in at_least_one and value < 1:
         return f"must be at least 1 (got {value})"
+    if key == "teacher_top_k" and not 1 <= value <= 4096:
+        return f"must be between 1 and 4096 (got {value}); 64 stores about 390 bytes a token"
+    if key == "teacher_cache" and (Path(value).expanduser().is_file()):
+        return f"{value} is a file; teacher_cache needs a directory"
     if key == "max_length" and value < 16:
         return f"must be at least 16 tokens (got {value})"
     if key == "hub_repo" and not _REPO_ID.match(value):

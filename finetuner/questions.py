@@ -78,6 +78,11 @@ QUESTIONS: tuple[Question, ...] = (
     Question("alpha", "Alpha (weight of the hard-label loss; 1 = plain fine-tuning, 0 = pure distillation)"),
     Question("student_training", "How should the student train?", "select",
              (("All weights (best quality)", "full"), ("LoRA adapters (less memory)", "lora"))),
+    # Teacher cache (issue 12)
+    Question("teacher_cache", "Cache the teacher's top-k outputs in a directory, reused by every epoch and "
+                              "later run (Enter for none)",
+             help="The teacher then runs once; a complete cache trains students without loading the teacher."),
+    Question("teacher_top_k", "Teacher entries kept per token", ask=False),
     Question("lora_r", "LoRA rank r"),
     Question("lora_alpha", "LoRA alpha"),
     Question("lora_dropout", "LoRA dropout"),

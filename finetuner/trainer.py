@@ -16,11 +16,13 @@ from pathlib import Path
 import torch
 from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 
-from finetuner import adapters, artifacts, disk, models, ui
+from finetuner import adapters, artifacts, disk, models, sources, ui
 from finetuner.config import RunConfig
 from finetuner.data import PreparedData, make_collator, prepare
 from finetuner.interrupt import GracefulInterrupt
 from finetuner.losses import kd_loss_from_hidden
+from finetuner.objectives.topk import TeacherEntries, topk_kd_loss_from_hidden
+from finetuner.teachers import topk_cache
 from finetuner.progress import ProgressReporter
 
 
@@ -36,14 +38,16 @@ class TrainResult:
 class DistillationTrainer(Trainer):
     """loss = alpha * CE + (1 - alpha) * T^2 * KL(teacher || student) on response tokens."""
 
-    def __init__(self, *args, teacher, temperature: float, alpha: float, vocab_size: int | None, **kwargs):
+    def __init__(self, *args, teacher, temperature: float, alpha: float, vocab_size: int | None,
+                 teacher_cache=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.teacher = teacher
+        self.teacher_cache = teacher_cache  # a TopKCache: the teacher's top-k read from disk, no teacher model
         self.temperature = temperature
         self.alpha = alpha
         self.vocab_size = vocab_size
         # Peak loss memory is about 6 x chunk x vocab x 4 bytes: keep it near 800 MB for any vocabulary.
-        self.chunk_size = max(64, 2**25 // vocab_rows(teacher))
+        self.chunk_size = max(64, 2**25 // vocab_rows(teacher or self.model))
         # Our loss divides by num_items_in_batch itself, so ask the Trainer to count it and not
         # divide again by the accumulation steps.
         self.model_accepts_loss_kwargs = True
@@ -73,6 +77,13 @@ class DistillationTrainer(Trainer):
         # ever produces [batch, length, vocab] logits.
         student_hidden = student.get_decoder()(input_ids=inputs["input_ids"],
                                                attention_mask=inputs["attention_mask"]).last_hidden_state
+        if self.teacher_cache is not None:
+            entries = self.teacher_cache.entries_for_batch(inputs[topk_cache.ROW_INDEX], inputs["labels"])
+            return topk_kd_loss_from_hidden(student_hidden, student.get_output_embeddings(), inputs["labels"],
+                                            TeacherEntries(*(t.to(student_hidden.device) for t in entries)),
+                                            vocab_size=self.vocab_size, temperature=self.temperature,
+                                            alpha=self.alpha, num_items_in_batch=num_items_in_batch,
+                                            chunk_size=self.chunk_size)
         with torch.no_grad():
             teacher_hidden = self.teacher.get_decoder()(input_ids=inputs["input_ids"],
                                                         attention_mask=inputs["attention_mask"]).last_hidden_state
@@ -160,32 +171,60 @@ class LLMFineTuner:
         cfg = self.cfg
         set_seed(cfg.seed)
         checkpoint = self._checkpoint_to_resume(resume)
+        student_tokenizer, vocab_size = self._distillation_tokenizers()
+        disk.check_space(cfg)
+        data = self._prepare_data(student_tokenizer)
+        # With teacher_cache, the teacher runs only to fill a cache that is not complete yet.
+        cache = topk_cache.ensure(cfg, data.train, student_tokenizer, vocab_size, self._load_teacher) \
+            if cfg.teacher_cache else None
+
+        student = self._load_student(data, student_tokenizer)
+        teacher = None if cache else self._load_teacher()
+        ui.info((f"teacher {models.count_parameters(teacher) / 1e6:.1f}M parameters, " if teacher else "")
+                + f"student {models.count_parameters(student) / 1e6:.1f}M")
+        if cfg.student_training == "lora":
+            student = adapters.apply_adapter(cfg, student, self._total_steps(data))
+        _report_trainable(student)
+        trainer = DistillationTrainer(model=student, args=self._training_args(),
+                                      train_dataset=topk_cache.with_row_index(data.train) if cache else data.train,
+                                      data_collator=make_collator(student_tokenizer),
+                                      processing_class=student_tokenizer, teacher=teacher, teacher_cache=cache,
+                                      temperature=cfg.temperature, alpha=cfg.alpha, vocab_size=vocab_size)
+        return self._run(trainer, student_tokenizer, checkpoint, adapter=cfg.student_training == "lora",
+                         base_name=None)
+
+    def build_teacher_cache(self) -> Path:
+        """--cache-teacher: fill `teacher_cache` for this run's rows and stop."""
+        cfg = self.cfg
+        if not (cfg.is_distillation and cfg.teacher_cache):
+            raise ui.UserError("--cache-teacher needs approach distillation and a teacher_cache directory",
+                               hint="add e.g. teacher_cache: teacher-cache to the answers file")
+        tokenizer, vocab_size = self._distillation_tokenizers()
+        ui.step(f"Preparing dataset {cfg.dataset}")
+        data = prepare(cfg, tokenizer)  # no files in output_dir: the training run that follows starts clean
+        topk_cache.ensure(cfg, data.train, tokenizer, vocab_size, self._load_teacher)
+        return Path(cfg.teacher_cache)
+
+    # ---- stages -----------------------------------------------------------------------------
+
+    def _distillation_tokenizers(self):
+        """The student's tokenizer and the vocabulary it shares with the teacher. With a complete
+        cache and no teacher on this machine, the cache's fingerprint stands in for the teacher's
+        tokenizer (it is checked against the student's when the cache opens)."""
+        cfg = self.cfg
+        if topk_cache.is_complete(cfg) and sources.check_model(cfg.teacher) is not None:
+            return models.load_tokenizer(cfg.student), topk_cache.stored_vocab_size(cfg)
         teacher_tokenizer = models.load_tokenizer(cfg.teacher)
         student_tokenizer = teacher_tokenizer if cfg.student == cfg.teacher else models.load_tokenizer(cfg.student)
         vocab_size = models.check_tokenizers_match(teacher_tokenizer, student_tokenizer)
         for note in models.check_student_plan(cfg.teacher, cfg.student, cfg.student_layers):  # configs only
             ui.warning(note)
-        disk.check_space(cfg)
-        data = self._prepare_data(student_tokenizer)
+        return student_tokenizer, vocab_size
 
+    def _load_teacher(self):
         precision = models.precision_policy()
-        student = self._load_student(data, student_tokenizer)
-        ui.step(f"Loading teacher {cfg.teacher} ({str(precision.teacher_dtype).removeprefix('torch.')})")
-        teacher = models.load_teacher(cfg.teacher, precision)
-        teacher.to(precision.device)
-        ui.info(f"teacher {models.count_parameters(teacher) / 1e6:.1f}M parameters, "
-                f"student {models.count_parameters(student) / 1e6:.1f}M")
-        if cfg.student_training == "lora":
-            student = adapters.apply_adapter(cfg, student, self._total_steps(data))
-        _report_trainable(student)
-        trainer = DistillationTrainer(model=student, args=self._training_args(), train_dataset=data.train,
-                                      data_collator=make_collator(student_tokenizer),
-                                      processing_class=student_tokenizer, teacher=teacher,
-                                      temperature=cfg.temperature, alpha=cfg.alpha, vocab_size=vocab_size)
-        return self._run(trainer, student_tokenizer, checkpoint, adapter=cfg.student_training == "lora",
-                         base_name=None)
-
-    # ---- stages -----------------------------------------------------------------------------
+        ui.step(f"Loading teacher {self.cfg.teacher} ({str(precision.teacher_dtype).removeprefix('torch.')})")
+        return models.load_teacher(self.cfg.teacher, precision)
 
     def _checkpoint_to_resume(self, resume: bool) -> str | None:
         if not resume:

@@ -89,7 +89,7 @@ def accept(question: Question, raw: Any, answers: Answers, checks: dict[str, Che
     except ValueError as exc:
         return None, str(exc)
     problem = check_field(question.key, value)
-    if problem is None and question.key in _MODEL_KEYS:
+    if problem is None and question.key in _MODEL_KEYS and question.key not in checks:  # a check may replace it
         problem = check_model(value)
     if problem is None and question.key in checks:
         problem = checks[question.key](value)

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -245,9 +246,12 @@ def ensure(cfg: RunConfig, rows: datasets.Dataset, tokenizer, vocab_size: int,
     ui.step(f"Caching the teacher's top-{cfg.teacher_top_k} for {manifest['counted_tokens']:,} tokens in "
             f"{directory} ({_size(size)})" + (f"; resuming: {done} of {manifest['shards']} shards done" if done else ""))
     teacher = load_teacher()
-    for index in missing:
+    started, report_every = time.perf_counter(), max(1, len(missing) // 10)
+    for number, index in enumerate(missing, start=1):
         _build_shard(teacher, rows, index, manifest["rows_per_shard"], directory, cfg, tokenizer, vocab_size)
-        ui.info(f"shard {index + 1} of {manifest['shards']} written")
+        if number % report_every == 0 or number == len(missing):
+            ui.info(f"{done + number} of {manifest['shards']} shards written "
+                    f"({number / (time.perf_counter() - started):.2f} shards/s)")
     return TopKCache(directory)
 
 

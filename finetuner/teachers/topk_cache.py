@@ -61,6 +61,12 @@ def plan_rows(cfg: RunConfig) -> list[tuple[str, str]]:
         return [("teacher cache", f"complete: {manifest['counted_tokens']:,} tokens, {_size(size)}; "
                                   "the teacher is not loaded (if it matches this run)")]
     per_token = bytes_per_token(cfg.teacher_top_k)
+    started = read_manifest(Path(cfg.teacher_cache))
+    if started:
+        done = sum((Path(cfg.teacher_cache).expanduser() / shard_name(i)).is_file() for i in range(started["shards"]))
+        size = started["counted_tokens"] * started["bytes_per_token"]
+        return [("teacher cache", f"{done} of {started['shards']} shards written ({_size(size)} in all); "
+                                  "the build resumes there (if it matches this run)")]
     most = math.ceil(cfg.max_samples * (1 - cfg.eval_fraction)) * cfg.max_length
     return [("teacher cache", f"top-{cfg.teacher_top_k}, {per_token} bytes a counted token x at most {most:,} "
                               f"tokens = at most {_size(most * per_token)} (exact figure after tokenizing)")]

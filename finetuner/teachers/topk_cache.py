@@ -177,7 +177,14 @@ def complete_manifest(directory: Path) -> dict | None:
 
 
 def is_complete(cfg: RunConfig) -> bool:
-    return bool(cfg.is_distillation and cfg.teacher_cache and complete_manifest(Path(cfg.teacher_cache)))
+    return bool(cfg.is_distillation and getattr(cfg, "distillation_mode", "logits") != "responses"
+                and cfg.teacher_cache and complete_manifest(Path(cfg.teacher_cache)))
+
+
+def stands_in_for_teacher(cfg: RunConfig) -> bool:
+    """A complete cache and no teacher on this machine: the cache replaces the teacher entirely
+    (its tokenizer and config are not read; the fingerprint checks the student's tokenizer)."""
+    return is_complete(cfg) and sources.check_model(cfg.teacher) is not None
 
 
 def stored_vocab_size(cfg: RunConfig) -> int:

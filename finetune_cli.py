@@ -29,6 +29,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--yes", "-y", action="store_true", help="skip the confirmation")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output directory")
     parser.add_argument("--resume", action="store_true", help="continue from the output directory's last checkpoint")
+    parser.add_argument("--generate-only", action="store_true",
+                        help="stop after the teacher has written the responses (distillation_mode responses/hybrid)")
     parser.add_argument("--benchmark-only", metavar="OUTPUT_DIR", help="benchmark an existing output directory")
     parser.add_argument("--upload-only", metavar="OUTPUT_DIR", help="upload an existing output directory")
     parser.add_argument("--chat", metavar="OUTPUT_DIR", help="chat with a finished run's model in the terminal")
@@ -121,6 +123,15 @@ def resolve_config(args: argparse.Namespace, given: dict, previous: dict) -> tup
     return RunConfig(**answers), secrets
 
 
+def generate_stage(cfg: RunConfig):
+    """Distillation modes responses/hybrid: the teacher writes the responses (resumable cache)."""
+    if not cfg.teacher_writes:
+        return None
+    from finetuner.teachers.generate import write_for
+
+    return write_for(cfg, resume_command(cfg.output_dir))
+
+
 def edit_one_setting(args: argparse.Namespace, cfg: RunConfig, secrets: dict) -> tuple[RunConfig, dict]:
     """Ask one setting again (its current value as the default), then any question the change opens."""
     import questionary
@@ -141,8 +152,11 @@ def show_plan(cfg: RunConfig, checked) -> None:
     """The settings, then what they add up to; each module that knows a fact adds its rows here."""
     from finetuner import plan
 
+    from finetuner.objectives.layer_map import plan_rows as hidden_state_rows
+
     rows = list(cfg.to_answers().items())
     rows += plan.derived_facts(cfg, checked)
+    rows += hidden_state_rows(cfg)
     ui.table("Plan", rows)
     for note in [*warnings_for(cfg), *plan.plan_warnings(cfg, checked)]:
         ui.warning(note)
@@ -199,11 +213,20 @@ def run(args: argparse.Namespace) -> int:
     ui.info(f"Answers saved to {answers_path} (replay: python finetune_cli.py --answers {answers_path})")
     started = time.perf_counter()
 
+    teacher_data = generate_stage(cfg)
+    if args.generate_only:
+        if teacher_data is None:
+            raise ui.UserError("--generate-only needs a teacher that writes",
+                               hint="set distillation_mode responses or hybrid")
+        ui.success(f"Generation done; read or edit {Path(cfg.output_dir) / 'teacher_responses.jsonl'}, then "
+                   f"train with:  {resume_command(cfg.output_dir)}")
+        return 0
+
     from finetuner.trainer import LLMFineTuner
 
     from finetuner import noise
 
-    tuner = LLMFineTuner(cfg, prepared=checked.data)
+    tuner = LLMFineTuner(cfg, teacher_data, prepared=checked.data)
     with noise.routed_to_log(cfg.output_dir, args.verbose):
         result = tuner.train_distillation(resume=args.resume) if cfg.is_distillation else tuner.train(resume=args.resume)
     if result.interrupted:

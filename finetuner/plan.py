@@ -27,7 +27,7 @@ CALIBRATION = "calibrated: tokens x FLOPs per token at the rate measured on 2 id
 class Preflight:
     """What the checks found; the trainer reuses the prepared data."""
 
-    data: object  # data.PreparedData
+    data: object  # data.PreparedData; None when the teacher writes the rows from documents
     tokenizer: object
 
 
@@ -38,14 +38,19 @@ def preflight(cfg: RunConfig) -> Preflight:
 
     ui.step("Checking tokenizers, model configs and the data (no weights are loaded)")
     if cfg.is_distillation:
-        teacher_tokenizer = models.load_tokenizer(cfg.teacher)
-        tokenizer = teacher_tokenizer if cfg.student == cfg.teacher else models.load_tokenizer(cfg.student)
-        models.check_tokenizers_match(teacher_tokenizer, tokenizer)
-        for note in models.check_student_plan(cfg.teacher, cfg.student, cfg.student_layers):
-            ui.warning(note)
+        tokenizer = models.load_tokenizer(cfg.student)
+        if cfg.distillation_mode != "responses":  # the teacher's distributions are matched: one tokenizer
+            teacher_tokenizer = tokenizer if cfg.student == cfg.teacher else models.load_tokenizer(cfg.teacher)
+            models.check_tokenizers_match(teacher_tokenizer, tokenizer)
+        if not cfg.teacher_api_base:
+            for note in models.check_student_plan(cfg.teacher, cfg.student, cfg.student_layers):
+                ui.warning(note)
     else:
         tokenizer = models.load_tokenizer(cfg.model)
         models.load_config(cfg.model)  # a causal LM, and readable
+    if cfg.is_distillation and cfg.questions_per_chunk:
+        return Preflight(data=None, tokenizer=tokenizer)  # the teacher writes the rows after "Start?"
+    # A teacher that writes replaces the responses later; the prompts are checked now.
     return Preflight(data=prepare(cfg, tokenizer), tokenizer=tokenizer)
 
 
@@ -87,7 +92,7 @@ def training_flops(cfg: RunConfig, tokens: int, label_tokens: int) -> float:
     student = disk.parameter_count(_trained_model(cfg), cfg.student_layers if cfg.is_distillation else None)
     head = _head_params(_trained_model(cfg))
     train_factor = 4 if cfg.uses_lora else 6
-    if not cfg.is_distillation:
+    if not cfg.is_distillation or cfg.distillation_mode == "responses":  # no teacher forward while training
         return train_factor * student * tokens
     teacher = disk.parameter_count(cfg.teacher)
     teacher_head = _head_params(cfg.teacher)
@@ -100,7 +105,7 @@ def estimated_seconds(cfg: RunConfig, data) -> float | None:
     """Training time (the optimizer steps, not loading or benchmarking); None on a GPU."""
     import torch
 
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() or data is None:  # None: the teacher writes the rows after "Start?"
         return None
     stats = data.stats
     if not stats.get("train_rows"):
@@ -118,6 +123,11 @@ def derived_facts(cfg: RunConfig, pre: Preflight) -> list[tuple[str, str]]:
     """(label, value) rows for the plan: what the settings add up to."""
     from finetuner import disk
     from finetuner.summary import duration
+
+    if pre.data is None:
+        return [("device", device_name()),
+                ("rows", f"questions the teacher writes from {cfg.dataset} ({cfg.questions_per_chunk} per chunk)"),
+                ("disk needed", f"about {disk._gb(disk.bytes_needed(cfg))}")]
 
     stats = pre.data.stats
     total = steps(cfg, stats["train_rows"])
@@ -141,6 +151,8 @@ def plan_warnings(cfg: RunConfig, pre: Preflight) -> list[str]:
     from finetuner.config import applies
 
     notes = []
+    if pre.data is None:
+        return notes
     held = pre.data.stats["eval_rows"]
     if cfg.benchmark and applies("benchmark", cfg):
         if pre.data.format.kind == "text":
@@ -158,6 +170,8 @@ def show_example(pre: Preflight) -> None:
     from rich.panel import Panel
     from rich.text import Text
 
+    if pre.data is None:
+        return
     train = pre.data.train
     if not len(train):
         return

@@ -15,6 +15,9 @@ def _describe(logs: dict, tokens_per_s: float | None) -> str:
         parts.append(f"lr {logs['learning_rate']:.2e}")
     parts += [f"loss {logs['loss']:.4f}"] if "loss" in logs else []
     parts += [f"{name.upper()} {logs[name]:.4f}" for name in ("ce", "kl") if name in logs]
+    parts += [f"hidden {logs['hidden']:.4f}"] if "hidden" in logs else []
+    if "gen_len" in logs:  # on-policy: how long the student's own answers are (length collapse shows here)
+        parts.append(f"sampled {logs['gen_len']:.0f} tok")
     if tokens_per_s:
         parts.append(f"{tokens_per_s:,.0f} tok/s")
     return "  ".join(parts)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import yaml
 
 from finetuner import ui
-from finetuner.config import FIELD_NAMES, applies, check_field, coerce, cross_check
+from finetuner.config import FIELD_NAMES, applies, check_field, coerce, cross_check, default_for
 from finetuner.questions import HUB_TOKEN, QUESTIONS, Answers, Question
 from finetuner.sources import check_model, hub_offline
 
@@ -115,7 +115,9 @@ def accept(question: Question, raw: Any, answers: Answers, checks: dict[str, Che
     except ValueError as exc:
         return None, str(exc)
     problem = check_field(question.key, value)
-    if problem is None and question.key in _MODEL_KEYS:
+    # A teacher behind an API is a model name at that endpoint, not something to find locally.
+    api_teacher = question.key == "teacher" and answers.get("teacher_api_base")
+    if problem is None and question.key in _MODEL_KEYS and not api_teacher:
         problem = check_model(value)
     if problem is None and question.key == "upload" and value and hub_offline():
         problem = ("HF_HUB_OFFLINE is set, so the upload would fail after training; answer no and upload "
@@ -202,6 +204,8 @@ def _resolve_one(question: Question, given: Answers, answers: Answers, ask: Ask 
         if ask is None:
             problems.append(f"{question.key}: default {default!r} {problem}")
             return default
+    elif ask is None and question.optional_in_files:
+        return default_for(question.key, answers)  # an older answers file replays as it did
     elif ask is None:
         problems.append(f"{question.key}: missing (default would be {default!r})")
         return default

@@ -8,6 +8,7 @@ The ML stack is imported only after the questions, so the first prompt appears a
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -353,8 +354,17 @@ def _drop_interrupted_cleanup(unraisable) -> None:
         sys.__unraisablehook__(unraisable)
 
 
+class _DropLateInterrupt(logging.Filter):
+    """A Ctrl-C that reaches prompt_toolkit just as a prompt closes makes asyncio log a traceback
+    from KeyProcessor.send_sigint; the interrupt itself is handled, so the traceback only alarms."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "send_sigint" not in record.getMessage()
+
+
 def main(argv: list[str] | None = None) -> int:
     sys.unraisablehook = _drop_interrupted_cleanup
+    logging.getLogger("asyncio").addFilter(_DropLateInterrupt())
     args = parse_args(argv)
     try:
         return run(args)

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from finetuner import __version__, ui
+from finetuner import __version__, distributed, ui
 from finetuner.config import RunConfig, warnings_for
 from finetuner.wizard import ANSWERS_FILE, accept, load_answers, parse_overrides, resolve, save_answers
 
@@ -92,7 +92,9 @@ def gather(args: argparse.Namespace) -> tuple[RunConfig, dict]:
     given = load_answers(args.answers) if args.answers else {}
     given.update(parse_overrides(args.set))
     interactive = ui.is_interactive()
-    checks = {"output_dir": output_dir_check(args.overwrite, args.resume, interactive)}
+    # The main process alone checks the output directory: it is also the one that writes into it.
+    checks = {"output_dir": output_dir_check(args.overwrite, args.resume, interactive)} \
+        if distributed.is_main_process() else {}
     answers, secrets = resolve(given, ask_at_terminal if interactive else None, use_defaults=args.defaults,
                                checks=checks, token_found=hub_token_configured)
     return RunConfig(**answers), secrets
@@ -133,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
     if ui.is_interactive() and not args.yes and not confirm_start():
         ui.info("Nothing started.")
         return 0
-    save_answers(answers_path, cfg.to_answers())
+    if distributed.is_main_process():
+        save_answers(answers_path, cfg.to_answers())
     ui.info(f"Answers saved to {answers_path} (replay: python finetune_cli.py --answers {answers_path})")
 
     from finetuner.trainer import LLMFineTuner
@@ -143,6 +146,8 @@ def run(args: argparse.Namespace) -> int:
     if result.interrupted:
         ui.warning(f"Interrupted; checkpoint saved. Resume with:  {resume_command(cfg.output_dir)}")
         return 130
+    if not distributed.is_main_process():
+        return 0  # the main process saved the model; it alone benchmarks and uploads
     ui.success(f"Model saved in {result.model_dir}")
 
     if cfg.benchmark:
@@ -194,10 +199,11 @@ def config_of(out_dir: str, overrides: dict | None = None) -> RunConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    distributed.quiet_other_ranks()  # errors still show, marked with their rank
     try:
         return run(args)
     except ui.UserError as err:
-        ui.error(err)
+        ui.error(err, rank=None if distributed.is_main_process() else distributed.rank())
         return 1
     except KeyboardInterrupt:
         ui.err_console.print("\nCancelled.")

@@ -1,0 +1,89 @@
+"""One of several processes: `torchrun` or `accelerate launch` over the same answers file.
+
+The launcher sets RANK and WORLD_SIZE; the transformers Trainer (through accelerate) builds the
+process group, wraps the student (DDP, FSDP, DeepSpeed), shards the batches and saves
+checkpoints from the main process. What is left to finetuner is deciding what the other ranks
+must not do (print, ask, write the output directory, benchmark, upload), read from the
+environment so that it costs no import, and stopping every rank at the same step.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def launched() -> bool:
+    """Started by torchrun or accelerate launch (they set LOCAL_RANK), even with one process."""
+    return "LOCAL_RANK" in os.environ
+
+
+def is_main_process() -> bool:
+    """The process that prints, asks, and writes the output directory (global rank 0)."""
+    return rank() == 0
+
+
+def quiet_other_ranks() -> None:
+    """N copies of every line help no one: only the main process speaks; errors show from any rank."""
+    if not is_main_process():
+        from finetuner import ui
+
+        ui.console.quiet = True
+
+
+def any_rank(flag: bool, device) -> bool:
+    """Whether `flag` is true on any process (a collective: every rank must call it at the same point)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    value = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def final_hidden_states(model, input_ids, attention_mask):
+    """The final hidden states (what the LM head sees) of `model`, computed by its own forward.
+
+    `model` may be wrapped (DDP, FSDP, DeepSpeed, peft). Going through the wrapper's forward is what
+    lets DDP prepare its gradient all-reduce and FSDP gather parameters; calling the inner decoder
+    directly skips both, and the ranks' weights drift apart (tests/test_distributed.py). A forward
+    hook on the decoder takes its output, the LM head's input in every transformers causal LM,
+    whatever a config says about `hidden_states[-1]`; `logits_to_keep` with no positions keeps the
+    head from computing [batch, length, vocab] logits (the loss computes them only where labels
+    count, chunk by chunk). A model without `logits_to_keep` computes full logits, unused.
+    """
+    import inspect
+
+    import torch
+
+    inner = _unwrapped(model)
+    captured = []
+
+    def keep_output(module, args, output):
+        captured.append(output[0] if isinstance(output, tuple) else output.last_hidden_state)
+
+    handle = inner.get_decoder().register_forward_hook(keep_output)
+    extra = {}
+    if "logits_to_keep" in inspect.signature(inner.forward).parameters:
+        extra["logits_to_keep"] = torch.empty(0, dtype=torch.long, device=input_ids.device)
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra)
+    finally:
+        handle.remove()
+    return captured[-1]
+
+
+def _unwrapped(model):
+    """The transformers model inside DDP / FSDP (`.module`) and peft wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model.get_base_model() if hasattr(model, "get_base_model") else model

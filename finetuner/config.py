@@ -60,6 +60,8 @@ class RunConfig:
     upload: bool = False
     hub_repo: Optional[str] = None
     hub_private: bool = True
+    # Scaling out and memory (issue 14): recompute activations in backward instead of keeping them
+    gradient_checkpointing: bool = False
     # Advanced (answers file or --set only)
     eval_fraction: float = 0.1
     merge_adapter: bool = True

@@ -94,6 +94,9 @@ QUESTIONS: tuple[Question, ...] = (
     Question("upload", "Upload the result to the Hugging Face Hub?", "confirm"),
     Question("hub_repo", "Hub repository id (username/model-name)"),
     Question("hub_private", "Make the repository private?", "confirm"),
+    # Scaling out and memory (issue 14).
+    Question("gradient_checkpointing", "Use gradient checkpointing (about a third slower, far less activation memory)?",
+             "confirm", ask=False),
     # Advanced settings: from an answers file or --set only.
     Question("eval_fraction", "Held-out fraction", ask=False),
     Question("merge_adapter", "Also save a merged model", ask=False),

@@ -174,16 +174,20 @@ class LLMFineTuner:
         data = self._prepare_data(student_tokenizer)
 
         precision = models.precision_policy()
+        # Built first: under a launcher, args.device joins the process group and makes this process's
+        # GPU (cuda:LOCAL_RANK) the current one, so no rank loads its teacher onto cuda:0.
+        args = self._training_args()
+        device = args.device
         student = self._load_student(data, student_tokenizer)
         ui.step(f"Loading teacher {cfg.teacher} ({str(precision.teacher_dtype).removeprefix('torch.')})")
         teacher = models.load_teacher(cfg.teacher, precision)
-        teacher.to(precision.device)
+        teacher.to(device)
         ui.info(f"teacher {models.count_parameters(teacher) / 1e6:.1f}M parameters, "
                 f"student {models.count_parameters(student) / 1e6:.1f}M")
         if cfg.student_training == "lora":
             student = adapters.apply_adapter(cfg, student, self._total_steps(data))
         _report_trainable(student)
-        trainer = DistillationTrainer(model=student, args=self._training_args(), train_dataset=data.train,
+        trainer = DistillationTrainer(model=student, args=args, train_dataset=data.train,
                                       data_collator=make_collator(student_tokenizer),
                                       processing_class=student_tokenizer, teacher=teacher,
                                       temperature=cfg.temperature, alpha=cfg.alpha, vocab_size=vocab_size)
@@ -267,6 +271,8 @@ class LLMFineTuner:
             include_num_input_tokens_seen="non_padding",
             train_sampling_strategy="group_by_length",
             dataloader_num_workers=0,
+            gradient_checkpointing=cfg.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},  # works with DDP, LoRA and frozen inputs
             ddp_find_unused_parameters=False,  # every trainable weight is used: skip the graph walk
         )
 

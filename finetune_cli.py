@@ -30,6 +30,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--upload-only", metavar="OUTPUT_DIR", help="upload an existing output directory")
     parser.add_argument("--show-samples", type=int, default=3, metavar="N",
                         help="sample generations to show after benchmarking (default 3)")
+    parser.add_argument("--write-launch", metavar="DIR",
+                        help="write accelerate configs and launch commands (one GPU, DDP, FSDP, DeepSpeed "
+                             "ZeRO-2/3, multi-node) for these answers into DIR, then stop")
     parser.add_argument("--version", action="version", version=f"finetuner {__version__}")
     return parser.parse_args(argv)
 
@@ -93,8 +96,9 @@ def gather(args: argparse.Namespace) -> tuple[RunConfig, dict]:
     given.update(parse_overrides(args.set))
     interactive = ui.is_interactive()
     # The main process alone checks the output directory: it is also the one that writes into it.
+    # Writing launch configs runs nothing, so the output directory is checked when the run starts.
     checks = {"output_dir": output_dir_check(args.overwrite, args.resume, interactive)} \
-        if distributed.is_main_process() else {}
+        if distributed.is_main_process() and not args.write_launch else {}
     answers, secrets = resolve(given, ask_at_terminal if interactive else None, use_defaults=args.defaults,
                                checks=checks, token_found=hub_token_configured)
     return RunConfig(**answers), secrets
@@ -125,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
         return upload_only(args)
 
     cfg, secrets = gather(args)
+    if args.write_launch:
+        return write_launch_stage(cfg, Path(args.write_launch))
     show_plan(cfg)
     answers_path = Path(cfg.output_dir) / ANSWERS_FILE
     if args.dry_run:
@@ -156,7 +162,29 @@ def run(args: argparse.Namespace) -> int:
         benchmark_output(cfg, cfg.output_dir, show_samples=args.show_samples)
     if cfg.upload:
         upload_stage(cfg, secrets.get("hub_token"))
+    offer_launch(cfg)
     return 0
+
+
+def write_launch_stage(cfg: RunConfig, directory: Path) -> int:
+    """The answers saved beside accelerate configs for every way to scale out, and how to launch each."""
+    from finetuner import launch
+
+    answers = save_answers(directory / ANSWERS_FILE, cfg.to_answers())
+    written = launch.write_launch(directory, str(answers.resolve()), launch.gpu_count())
+    ui.success(f"Wrote {len(written)} files to {directory}; start with {directory / launch.GUIDE}")
+    return 0
+
+
+def offer_launch(cfg: RunConfig) -> None:
+    """After an interactive run: the same run on more GPUs or machines is one launcher away."""
+    if not ui.is_interactive():
+        return
+    import questionary
+
+    if questionary.confirm("Write launch configs to run this on several GPUs or machines?",
+                           default=False).unsafe_ask():
+        write_launch_stage(cfg, Path(cfg.output_dir) / "launch")
 
 
 def benchmark_only(out_dir: str, show_samples: int) -> int:

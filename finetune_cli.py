@@ -106,6 +106,9 @@ def gather(args: argparse.Namespace) -> tuple[RunConfig, dict]:
 
 def show_plan(cfg: RunConfig) -> None:
     ui.table("Plan", cfg.to_answers())
+    from finetuner.memory_plan import plan_rows
+
+    ui.table("Memory per process (estimated from the configs)", plan_rows(cfg))
     for note in warnings_for(cfg):
         ui.warning(note)
 

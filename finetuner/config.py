@@ -60,8 +60,10 @@ class RunConfig:
     upload: bool = False
     hub_repo: Optional[str] = None
     hub_private: bool = True
-    # Scaling out and memory (issue 14): recompute activations in backward instead of keeping them
+    # Scaling out and memory (issue 14): recompute activations in backward instead of keeping them;
+    # a teacher loaded in 8/4 bits (only when asked: it changes the teacher's probabilities)
     gradient_checkpointing: bool = False
+    teacher_quantization: Optional[str] = None
     # Advanced (answers file or --set only)
     eval_fraction: float = 0.1
     merge_adapter: bool = True
@@ -117,7 +119,8 @@ def applies(key: str, answers: Any) -> bool:
     method = get("method", "lora")
     if key in ("model", "method"):
         return not distill
-    if key in ("teacher", "student", "student_layers", "student_training", "temperature", "alpha"):
+    if key in ("teacher", "student", "student_layers", "student_training", "temperature", "alpha",
+               "teacher_quantization"):
         return distill
     uses_lora = get("student_training", "full") == "lora" if distill else True
     if key in ("lora_r", "lora_alpha", "lora_dropout"):
@@ -194,6 +197,8 @@ def check_field(key: str, value: Any) -> str | None:
     """Why `value` is not allowed for `key`, or None when it is."""
     choices = {"approach": APPROACHES, "method": METHODS, "quantization": QUANTIZATIONS,
                "student_training": STUDENT_TRAINING}
+    if key == "teacher_quantization" and value is not None and value not in QUANTIZATIONS:
+        return f"must be one of {', '.join(QUANTIZATIONS)}, or empty for the teacher's own precision (got {value!r})"
     if key in choices and value not in choices[key]:
         return f"must be one of {', '.join(choices[key])} (got {value!r})"
     if value is None:
@@ -255,4 +260,7 @@ def warnings_for(cfg: RunConfig) -> list[str]:
     if cfg.is_distillation and not 1 <= cfg.temperature <= 5:
         notes.append(f"temperature {cfg.temperature} is outside the usual 1-5; soft targets will be "
                      f"{'nearly one-hot' if cfg.temperature < 1 else 'nearly uniform'}")
+    if cfg.is_distillation and cfg.teacher_quantization:
+        notes.append(f"teacher_quantization {cfg.teacher_quantization}: the teacher's probabilities change "
+                     "slightly, so the student learns from a slightly worse teacher")
     return notes

@@ -179,9 +179,11 @@ class LLMFineTuner:
         args = self._training_args()
         device = args.device
         student = self._load_student(data, student_tokenizer)
-        ui.step(f"Loading teacher {cfg.teacher} ({str(precision.teacher_dtype).removeprefix('torch.')})")
-        teacher = models.load_teacher(cfg.teacher, precision)
-        teacher.to(device)
+        ui.step(f"Loading teacher {cfg.teacher} "
+                f"({cfg.teacher_quantization or str(precision.teacher_dtype).removeprefix('torch.')})")
+        teacher = models.load_teacher(cfg.teacher, precision, cfg.teacher_quantization)
+        if not cfg.teacher_quantization:
+            teacher.to(device)
         ui.info(f"teacher {models.count_parameters(teacher) / 1e6:.1f}M parameters, "
                 f"student {models.count_parameters(student) / 1e6:.1f}M")
         if cfg.student_training == "lora":

@@ -120,7 +120,10 @@ def confirm_start() -> bool:
 
 
 def resume_command(out_dir: str) -> str:
-    return f"python finetune_cli.py --answers {Path(out_dir) / ANSWERS_FILE} --resume --yes"
+    # Under torchrun / accelerate launch, the same launcher and process count resume the run.
+    launcher = f"<the same launcher, {distributed.world_size()} processes> " if distributed.world_size() > 1 \
+        else "python "
+    return f"{launcher}finetune_cli.py --answers {Path(out_dir) / ANSWERS_FILE} --resume --yes"
 
 
 # ---- the recipe -----------------------------------------------------------------------------

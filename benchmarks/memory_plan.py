@@ -76,7 +76,8 @@ def compare(cases: dict) -> list[dict]:
 
 
 def typical_pairs() -> list[dict]:
-    """The README's table: memory per GPU for typical teacher -> student pairs, from known architecture numbers."""
+    """The README's table: memory per GPU for typical teacher -> student pairs at batch 4 x 2048 tokens,
+    from known architecture numbers (no Hub access)."""
     from transformers import LlamaConfig
 
     from finetuner.config import RunConfig
@@ -95,24 +96,23 @@ def typical_pairs() -> list[dict]:
         "Llama-3.1-70B": llama(8192, 80, 64, 8, 28672, 128256, False),
     }
     pairs = [("SmolLM2-1.7B", "SmolLM2-360M"), ("Llama-3.1-8B", "Llama-3.2-1B"), ("Llama-3.1-70B", "Llama-3.1-8B")]
-    modes = {"full student": {}, "full + checkpointing": {"gradient_checkpointing": True},
-             "LoRA student": {"student_training": "lora"},
-             "LoRA + 4-bit teacher": {"student_training": "lora", "teacher_quantization": "4bit"}}
+    modes = {"full student": ({}, 1),
+             "full, checkpointing": ({"gradient_checkpointing": True}, 1),
+             "LoRA, checkpointing": ({"student_training": "lora", "gradient_checkpointing": True}, 1),
+             "LoRA, checkpointing, 4-bit teacher": ({"student_training": "lora", "gradient_checkpointing": True,
+                                                     "teacher_quantization": "4bit"}, 1),
+             "full, checkpointing, FSDP/ZeRO-3 over 8 GPUs": ({"gradient_checkpointing": True}, 8)}
+    print("| teacher -> student | " + " | ".join(modes) + " |")
+    print("|---" * (len(modes) + 1) + "|")
     rows = []
     for teacher, student in pairs:
         row = {"pair": f"{teacher} -> {student}"}
-        for mode, settings in modes.items():
+        for mode, (settings, shards) in modes.items():
             cfg = RunConfig(approach="distillation", student_layers=None, teacher="t", student="s", batch_size=4,
                             max_length=2048, **settings)
-            need = estimate(cfg, models[student], models[teacher], "cuda")
-            row[mode] = round(need.total / 1e9)
-        for gpus in (8,):
-            cfg = RunConfig(approach="distillation", student_layers=None, teacher="t", student="s", batch_size=4,
-                            max_length=2048, gradient_checkpointing=True)
-            row[f"full + ckpt, FSDP over {gpus}"] = round(estimate(cfg, models[student], models[teacher], "cuda",
-                                                                   shards=gpus).total / 1e9)
+            row[mode] = estimate(cfg, models[student], models[teacher], "cuda", shards=shards).total / 1e9
         rows.append(row)
-        print(json.dumps(row), flush=True)
+        print(f"| {row['pair']} | " + " | ".join(f"{row[m]:.0f} GB" for m in modes) + " |", flush=True)
     return rows
 
 

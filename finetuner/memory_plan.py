@@ -106,7 +106,9 @@ def estimate(cfg: RunConfig, student: Shape, teacher: Shape | None = None, devic
         activations = tokens * student.layers * per_layer
     activations += tokens * student.hidden * 4 * 3  # embeddings, final norm, the hidden states the loss reads
     if cfg.uses_lora:  # peft keeps each adapted layer's input again: fp32 copy, dropout output and mask
-        activations += tokens * student.linear_inputs * (LORA_INPUT_BYTES if cfg.lora_dropout > 0 else 4)
+        kept_layers = 1 if cfg.gradient_checkpointing else student.layers
+        activations += tokens * student.linear_inputs * kept_layers // student.layers \
+            * (LORA_INPUT_BYTES if cfg.lora_dropout > 0 else 4)
 
     teacher_bytes = 0
     if distill and teacher is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -245,4 +246,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    # The work is done: a late Ctrl-C must not print a traceback while torch's modules shut down.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(status)

@@ -245,6 +245,16 @@ def evaluate(label: str, model, tokenizer, heldout: list[dict], max_new_tokens: 
     )
 
 
+def from_answers(label: str, heldout: list[dict], answers: dict[str, str], keep_samples: int = 3) -> ModelResult:
+    """A model known only by its answers (an API teacher's cached held-out answers): ROUGE only."""
+    generations = [answers.get(row["prompt"], "") for row in heldout]
+    references = [row["reference"] for row in heldout]
+    samples = [{"prompt": row["prompt"], "reference": ref, "generation": gen}
+               for row, ref, gen in list(zip(heldout, references, generations))[:keep_samples]]
+    return ModelResult(label=label, rouge={m: round(v, 4) for m, v in rouge(generations, references).items()},
+                       parameters=0, size_on_disk_mb=None, tokens_per_s=0.0, peak_memory_mb=0.0, samples=samples)
+
+
 def _parameter_count(model) -> int:
     # PreTrainedModel.num_parameters counts 4-bit packed weights at their real size;
     # PeftModel forwards the call to the model it wraps.
@@ -388,6 +398,9 @@ def run_benchmark(cfg, out_dir: str | Path, models: list[tuple[str, Any, Any, st
     results = []
     for label, model, tokenizer, model_dir in models:
         ui.step(f"Benchmarking {label} on {len(heldout)} held-out prompts")
+        if isinstance(model, dict):  # answers, not weights (an API teacher)
+            results.append(from_answers(label, heldout, model, keep_samples=max(3, show_samples)))
+            continue
         results.append(evaluate(label, model, tokenizer, heldout, cfg.max_new_tokens, model_dir,
                                 keep_samples=max(3, show_samples)))
     report = {"approach": cfg.approach, "samples": len(heldout), "max_new_tokens": cfg.max_new_tokens,

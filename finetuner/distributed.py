@@ -50,8 +50,9 @@ def any_rank(flag: bool, device) -> bool:
     return bool(value.item())
 
 
-def final_hidden_states(model, input_ids, attention_mask):
-    """The final hidden states (what the LM head sees) of `model`, computed by its own forward.
+def decoder_outputs(model, input_ids, attention_mask, output_hidden_states: bool = False):
+    """The decoder's outputs (`last_hidden_state`, what the LM head sees; `hidden_states` when asked)
+    of `model`, computed by its own forward.
 
     `model` may be wrapped (DDP, FSDP, DeepSpeed, peft). Going through the wrapper's forward is what
     lets DDP prepare its gradient all-reduce and FSDP gather parameters; calling the inner decoder
@@ -67,12 +68,8 @@ def final_hidden_states(model, input_ids, attention_mask):
 
     inner = _unwrapped(model)
     captured = []
-
-    def keep_output(module, args, output):
-        captured.append(output[0] if isinstance(output, tuple) else output.last_hidden_state)
-
-    handle = inner.get_decoder().register_forward_hook(keep_output)
-    extra = {}
+    handle = inner.get_decoder().register_forward_hook(lambda module, args, output: captured.append(output))
+    extra = {"output_hidden_states": True} if output_hidden_states else {}
     if "logits_to_keep" in inspect.signature(inner.forward).parameters:
         extra["logits_to_keep"] = torch.empty(0, dtype=torch.long, device=input_ids.device)
     try:

@@ -34,15 +34,30 @@ def models_to_compare(cfg: RunConfig, out_dir: Path) -> list[tuple]:
         base = models.load_model(cfg.model)
         return [("base", base, models.load_tokenizer(cfg.model), _on_disk(cfg.model)),
                 ("fine-tuned", trained, tokenizer, trained_dir)]
-    teacher = models.load_model(cfg.teacher)
+    teacher_row = _api_teacher(cfg, out_dir) if cfg.teacher_api_base else \
+        ("teacher", models.load_model(cfg.teacher), models.load_tokenizer(cfg.teacher), _on_disk(cfg.teacher))
     if cfg.student_layers is None:
         before, before_dir = models.load_model(cfg.student), _on_disk(cfg.student)
     else:
         kept = artifacts.read_student_layers(out_dir)  # the layers training started from
         before, before_dir = models.derive_student(models.load_model(cfg.student), cfg.student_layers, kept), None
-    return [("teacher", teacher, models.load_tokenizer(cfg.teacher), _on_disk(cfg.teacher)),
+    return [teacher_row,
             ("student before", before, tokenizer, before_dir),
             ("student after", trained, tokenizer, trained_dir)]
+
+
+def _api_teacher(cfg: RunConfig, out_dir: Path) -> tuple:
+    """An API teacher has no weights here: it is scored from its cached held-out answers."""
+    from finetuner.teachers.generate import TEACHER_HELDOUT_FILE
+
+    path = out_dir / TEACHER_HELDOUT_FILE
+    if not path.is_file():
+        raise ui.UserError(f"no cached teacher answers in {path} to score the API teacher with",
+                           hint="rerun the generation (python finetune_cli.py --answers ... --resume)")
+    import json
+
+    answers = {row["prompt"]: row["response"] for row in map(json.loads, path.read_text(encoding="utf-8").splitlines())}
+    return ("teacher (API, cached answers)", answers, None, None)
 
 
 def _on_disk(name: str) -> str | None:

@@ -147,7 +147,10 @@ def shapes(cfg: RunConfig) -> tuple[Shape, Shape | None]:
     if cfg.student_layers is not None:
         config = models.student_config(config, models.student_layer_indices(config.num_hidden_layers,
                                                                              cfg.student_layers))
-    return shape_of(config), shape_of(models.load_config(cfg.teacher))
+    # A teacher behind an API, or one whose written responses are all the student learns from, holds
+    # no weights in training.
+    local_teacher = not getattr(cfg, "teacher_api_base", None) and getattr(cfg, "distillation_mode", "logits") != "responses"
+    return shape_of(config), shape_of(models.load_config(cfg.teacher)) if local_teacher else None
 
 
 def plan_rows(cfg: RunConfig) -> list[tuple[str, str]]:
@@ -163,18 +166,18 @@ def rows_for(cfg: RunConfig, student: Shape, teacher: Shape | None, device: str,
     rows = []
     if teacher is not None:
         precision = cfg.teacher_quantization or ("bf16" if device == "cpu" else "fp16")
-        rows.append(("teacher weights", f"{gb(need.teacher)} ({precision})"))
+        rows.append(("memory: teacher weights", f"{gb(need.teacher)} ({precision})"))
     what = "adapter + frozen base" if cfg.uses_lora else "fp32"
-    rows += [("student weights" if teacher is not None else "model weights",
+    rows += [("memory: student weights" if teacher is not None else "memory: model weights",
               f"{gb(need.student)} ({what})"),
-             ("gradients + AdamW", gb(need.training_state)),
-             ("activations", f"{gb(need.activations)} (batch {cfg.batch_size} x {cfg.max_length} tokens"
+             ("memory: gradients + AdamW", gb(need.training_state)),
+             ("memory: activations", f"{gb(need.activations)} (batch {cfg.batch_size} x {cfg.max_length} tokens"
                                      f"{', gradient checkpointing' if cfg.gradient_checkpointing else ''})"),
-             ("loss buffers", gb(need.loss)),
-             ("total", f"about {gb(need.total)} of {gb(free)} free {where}: "
+             ("memory: loss buffers", gb(need.loss)),
+             ("memory: total", f"about {gb(need.total)} of {gb(free)} free {where}: "
                                + ("fits" if fits(need, free) else "DOES NOT FIT"))]
     if not fits(need, free):
-        rows += [("to fit, try", choice) for choice in choices(cfg, student, teacher, device, free)]
+        rows += [("memory: to fit, try", choice) for choice in choices(cfg, student, teacher, device, free)]
     return rows
 
 

@@ -38,6 +38,17 @@ def quiet_other_ranks() -> None:
         ui.console.quiet = True
 
 
+def main_process_first(work):
+    """`work()` on the main process, then on the others (accelerate's main_process_first): what the
+    main process caches, the others read instead of computing again."""
+    import torch
+    from accelerate import PartialState
+
+    # The Trainer's TrainingArguments later joins this same (singleton) state.
+    with PartialState(cpu=not torch.cuda.is_available()).main_process_first():
+        return work()
+
+
 def any_rank(flag: bool, device) -> bool:
     """Whether `flag` is true on any process (a collective: every rank must call it at the same point)."""
     import torch

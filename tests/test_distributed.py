@@ -120,3 +120,33 @@ def test_final_hidden_states_through_the_wrapper(tiny_llama, tiny_gpt2, build):
     torch.testing.assert_close(hidden, expected)
     vocab = model.config.vocab_size
     assert heads == [(2, 12, vocab) if build == "no-logits-to-keep" else (2, 0, vocab)]
+
+
+@pytest.mark.slow
+def test_torchrun_responses_mode_asks_the_teacher_once(tmp_path, tiny_gpt2, tiny_llama_small, qa_file):
+    """A teacher that writes: the main process writes the responses, the other rank reads its cache
+    (no prompt is paid for twice), and both ranks train on different rows in step."""
+    answers = dict(approach="distillation", teacher=str(tiny_gpt2), student=str(tiny_llama_small),
+                   student_layers=None, dataset=str(qa_file), output_dir=str(tmp_path / "out"),
+                   distillation_mode="responses", max_samples=12, eval_fraction=0.2, max_length=64, max_steps=2,
+                   batch_size=2, gradient_accumulation=1, save_steps=10, generation_max_new_tokens=8,
+                   generation_drop_incomplete=False, generation_temperature=1.0, benchmark=False, upload=False)
+    path = tmp_path / "answers.yaml"
+    path.write_text(yaml.safe_dump(answers))
+    env = {**os.environ, "FINETUNER_TRACE_DIR": str(tmp_path / "trace"), "OMP_NUM_THREADS": "1",
+           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "finetune_cli.py", "--answers", str(path), "--defaults", "--yes"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    from finetuner.teachers.cache import CACHE_FILE
+
+    requests = [json.loads(line) for line in (tmp_path / "out" / CACHE_FILE).read_text().splitlines()]
+    assert len(requests) == 12  # 10 training + 2 held-out prompts, each asked once
+    ranks = [read_trace(tmp_path / "trace", r) for r in (0, 1)]
+    assert [len(r) for r in ranks] == [2, 2]
+    for a, b in zip(*ranks):
+        assert a["world_size"] == b["world_size"] == 2
+        assert a["rows"] and not set(a["rows"]) & set(b["rows"])
+        assert a["weights_sha1"] == b["weights_sha1"]
+    assert run.stdout.count("Model saved in") == 1

@@ -93,6 +93,10 @@ class RunConfig:
     generation_timeout: float = 120.0  # seconds per API request
     generation_max_retries: int = 4  # the openai client's retries (429 honouring Retry-After, 5xx, timeouts)
     chunk_tokens: int = 512  # document chunk size for questions_per_chunk
+    # Scaling out and memory (issue 14): recompute activations in backward instead of keeping them;
+    # a teacher loaded in 8/4 bits (only when asked: it changes the teacher's probabilities)
+    gradient_checkpointing: bool = False
+    teacher_quantization: Optional[str] = None
     # Advanced (answers file or --set only)
     eval_fraction: float = 0.1
     merge_adapter: bool = True
@@ -155,6 +159,8 @@ def applies(key: str, answers: Any) -> bool:
     method = get("method", "lora")
     if key in ("model", "method"):
         return not distill
+    if key == "teacher_quantization":  # issue 14: a local teacher's weights only
+        return distill and not get("teacher_api_base")
     if key in ("teacher", "student", "student_layers", "student_training", "temperature", "alpha"):
         return distill and not (key in ("temperature", "alpha") and get("distillation_mode") == "responses")
     if key in ("distillation_mode", "teacher_api_base"):
@@ -266,6 +272,8 @@ def check_field(key: str, value: Any) -> str | None:
                "student_training": STUDENT_TRAINING, "divergence": DIVERGENCES,
                "hidden_state_loss": HIDDEN_STATE_LOSSES, "distillation_mode": DISTILLATION_MODES,
                "generation_on_budget": ("train", "stop")}
+    if key == "teacher_quantization" and value is not None and value not in QUANTIZATIONS:
+        return f"must be one of {', '.join(QUANTIZATIONS)}, or empty for the teacher's own precision (got {value!r})"
     if key in choices and value not in choices[key]:
         return f"must be one of {', '.join(choices[key])} (got {value!r})"
     if value is None:
@@ -410,4 +418,7 @@ def warnings_for(cfg: RunConfig) -> list[str]:
     if cfg.is_distillation and not 1 <= cfg.temperature <= 5:
         notes.append(f"temperature {cfg.temperature} is outside the usual 1-5; soft targets will be "
                      f"{'nearly one-hot' if cfg.temperature < 1 else 'nearly uniform'}")
+    if cfg.is_distillation and cfg.teacher_quantization:
+        notes.append(f"teacher_quantization {cfg.teacher_quantization}: the teacher's probabilities change "
+                     "slightly, so the student learns from a slightly worse teacher")
     return notes

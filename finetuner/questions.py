@@ -178,6 +178,11 @@ QUESTIONS: tuple[Question, ...] = (
              help="username/model-name (or org/model-name); created if it does not exist."),
     Question("hub_private", "Make the repository private?", "confirm",
              help="A private repository is visible only to you (and your organisation)."),
+    # Scaling out and memory (issue 14).
+    Question("gradient_checkpointing", "Use gradient checkpointing (about a third slower, far less activation memory)?",
+             "confirm", ask=False),
+    Question("teacher_quantization", "Load the teacher in 8 or 4 bits (less memory, a slightly worse teacher)?",
+             "select", (("No: its own precision", None), ("8-bit", "8bit"), ("4-bit NF4", "4bit")), ask=False),
     # Advanced settings: from an answers file or --set only.
     Question("eval_fraction", "Held-out fraction", ask=False),
     Question("merge_adapter", "Also save a merged model", ask=False),

@@ -185,8 +185,12 @@ def hub_offline() -> bool:
 
 def _in_hub_cache(repo_id: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
 
-    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except HFValidationError:  # e.g. "a2e-4-": our pattern allows a trailing '-', the Hub does not
+        return False
 
 
 def _local_model_dirs(root: Path = Path("."), depth: int = 2) -> list[str]:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 
-from finetuner import __version__, ui
+from finetuner import __version__, distributed, ui
 from finetuner.config import RunConfig, applies, warnings_for
 from finetuner.wizard import (ANSWERS_FILE, find_previous_answers, load_answers, parse_overrides,
                               previous_defaults, resolve, save_answers)
@@ -29,6 +30,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--yes", "-y", action="store_true", help="skip the confirmation")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output directory")
     parser.add_argument("--resume", action="store_true", help="continue from the output directory's last checkpoint")
+    parser.add_argument("--cache-teacher", action="store_true",
+                        help="fill the teacher cache (teacher_cache) and stop; train later, on any machine")
     parser.add_argument("--generate-only", action="store_true",
                         help="stop after the teacher has written the responses (distillation_mode responses/hybrid)")
     parser.add_argument("--benchmark-only", metavar="OUTPUT_DIR", help="benchmark an existing output directory")
@@ -39,6 +42,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--verbose", action="store_true", help="show library warnings instead of one dimmed line")
     parser.add_argument("--show-samples", type=int, default=3, metavar="N",
                         help="sample generations to show after benchmarking (default 3)")
+    parser.add_argument("--write-launch", metavar="DIR",
+                        help="write accelerate configs and launch commands (one GPU, DDP, FSDP, DeepSpeed "
+                             "ZeRO-2/3, multi-node) for these answers into DIR, then stop")
     parser.add_argument("--version", action="version", version=f"finetuner {__version__}")
     return parser.parse_args(argv)
 
@@ -117,10 +123,31 @@ def gather(args: argparse.Namespace) -> tuple[RunConfig, dict]:
 
 def resolve_config(args: argparse.Namespace, given: dict, previous: dict) -> tuple[RunConfig, dict]:
     interactive = ui.is_interactive()
-    checks = {"output_dir": output_dir_check(args.overwrite, args.resume, interactive)}
+    # The main process alone checks the output directory: it is also the one that writes into it.
+    # Writing launch configs runs nothing, so the output directory is checked when the run starts.
+    checks = {"output_dir": output_dir_check(args.overwrite, args.resume, interactive)} \
+        if distributed.is_main_process() and not args.write_launch else {}
+    if given.get("teacher_cache") and not given.get("teacher_api_base"):
+        checks["teacher"] = teacher_check(given)  # a complete cache may stand in for a teacher not here
     answers, secrets = resolve(given, ask_at_terminal if interactive else None, use_defaults=args.defaults,
                                checks=checks, token_found=hub_token_configured, previous=previous)
     return RunConfig(**answers), secrets
+
+
+def teacher_check(given: dict):
+    """The teacher must exist, unless the answers' teacher_cache already holds its complete cache."""
+    from finetuner.sources import check_model
+
+    def check(value: str) -> str | None:
+        problem = check_model(value)
+        if problem is None or not given.get("teacher_cache"):
+            return problem
+        from finetuner.teachers import topk_cache
+
+        manifest = topk_cache.complete_manifest(Path(str(given["teacher_cache"])))
+        return None if manifest and manifest["fingerprint"]["teacher"] == value else problem
+
+    return check
 
 
 def generate_stage(cfg: RunConfig):
@@ -129,7 +156,11 @@ def generate_stage(cfg: RunConfig):
         return None
     from finetuner.teachers.generate import write_for
 
-    return write_for(cfg, resume_command(cfg.output_dir))
+    if distributed.world_size() == 1:
+        return write_for(cfg, resume_command(cfg.output_dir))
+    # Under a launcher the main process writes the responses (its cache); the others then find them
+    # all there and request none, so no prompt is paid for twice.
+    return distributed.main_process_first(lambda: write_for(cfg, resume_command(cfg.output_dir)))
 
 
 def edit_one_setting(args: argparse.Namespace, cfg: RunConfig, secrets: dict) -> tuple[RunConfig, dict]:
@@ -152,11 +183,15 @@ def show_plan(cfg: RunConfig, checked) -> None:
     """The settings, then what they add up to; each module that knows a fact adds its rows here."""
     from finetuner import plan
 
+    from finetuner.memory_plan import plan_rows as memory_rows
     from finetuner.objectives.layer_map import plan_rows as hidden_state_rows
+    from finetuner.teachers.topk_cache import plan_rows as cache_rows
 
     rows = list(cfg.to_answers().items())
     rows += plan.derived_facts(cfg, checked)
     rows += hidden_state_rows(cfg)
+    rows += cache_rows(cfg)
+    rows += memory_rows(cfg)
     ui.table("Plan", rows)
     for note in [*warnings_for(cfg), *plan.plan_warnings(cfg, checked)]:
         ui.warning(note)
@@ -174,7 +209,10 @@ def confirm_start() -> str:
 
 
 def resume_command(out_dir: str) -> str:
-    return f"python finetune_cli.py --answers {Path(out_dir) / ANSWERS_FILE} --resume --yes"
+    # Under torchrun / accelerate launch, the same launcher and process count resume the run.
+    launcher = f"<the same launcher, {distributed.world_size()} processes> " if distributed.world_size() > 1 \
+        else "python "
+    return f"{launcher}finetune_cli.py --answers {Path(out_dir) / ANSWERS_FILE} --resume --yes"
 
 
 # ---- the recipe -----------------------------------------------------------------------------
@@ -188,6 +226,8 @@ def run(args: argparse.Namespace) -> int:
         return chat_only(args)
 
     cfg, secrets = gather(args)
+    if args.write_launch:
+        return write_launch_stage(cfg, Path(args.write_launch))
     from finetuner import plan
 
     while True:
@@ -209,7 +249,8 @@ def run(args: argparse.Namespace) -> int:
                     f"(start later: python finetune_cli.py --answers {answers_path})")
             return 0
         cfg, secrets = edit_one_setting(args, cfg, secrets)
-    save_answers(answers_path, cfg.to_answers())
+    if distributed.is_main_process():
+        save_answers(answers_path, cfg.to_answers())
     ui.info(f"Answers saved to {answers_path} (replay: python finetune_cli.py --answers {answers_path})")
     started = time.perf_counter()
 
@@ -227,11 +268,15 @@ def run(args: argparse.Namespace) -> int:
     from finetuner import noise
 
     tuner = LLMFineTuner(cfg, teacher_data, prepared=checked.data)
+    if args.cache_teacher:
+        return cache_teacher_stage(tuner, answers_path)
     with noise.routed_to_log(cfg.output_dir, args.verbose):
         result = tuner.train_distillation(resume=args.resume) if cfg.is_distillation else tuner.train(resume=args.resume)
     if result.interrupted:
         ui.warning(f"Interrupted; checkpoint saved. Resume with:  {resume_command(cfg.output_dir)}")
         return 130
+    if not distributed.is_main_process():
+        return 0  # the main process saved the model; it alone benchmarks and uploads
     ui.success(f"Model saved in {result.model_dir}")
     describe_adapter(cfg)
 
@@ -243,7 +288,37 @@ def run(args: argparse.Namespace) -> int:
 
     summary.show(cfg.output_dir, result.seconds, time.perf_counter() - started,
                  estimate=plan.estimated_seconds(cfg, checked.data), hub_repo=cfg.hub_repo, uploaded=uploaded)
+    offer_launch(cfg)
     return 0
+
+
+def cache_teacher_stage(tuner, answers_path: Path) -> int:
+    """--cache-teacher: fill the cache and stop; the same answers file trains from it later."""
+    cache = tuner.build_teacher_cache()
+    ui.success(f"Teacher cache ready in {cache}. Train (here or on a machine with a copy of it at the same path, "
+               f"or with teacher_cache set to the copy's path):  python finetune_cli.py --answers {answers_path}")
+    return 0
+
+
+def write_launch_stage(cfg: RunConfig, directory: Path) -> int:
+    """The answers saved beside accelerate configs for every way to scale out, and how to launch each."""
+    from finetuner import launch
+
+    answers = save_answers(directory / ANSWERS_FILE, cfg.to_answers())
+    written = launch.write_launch(directory, str(answers.resolve()), launch.gpu_count())
+    ui.success(f"Wrote {len(written)} files to {directory}; start with {directory / launch.GUIDE}")
+    return 0
+
+
+def offer_launch(cfg: RunConfig) -> None:
+    """After an interactive run: the same run on more GPUs or machines is one launcher away."""
+    if not ui.is_interactive():
+        return
+    import questionary
+
+    if questionary.confirm("Write launch configs to run this on several GPUs or machines?",
+                           default=False).unsafe_ask():
+        write_launch_stage(cfg, Path(cfg.output_dir) / "launch")
 
 
 def describe_adapter(cfg: RunConfig) -> None:
@@ -334,10 +409,11 @@ def main(argv: list[str] | None = None) -> int:
     sys.unraisablehook = _drop_interrupted_cleanup
     logging.getLogger("asyncio").addFilter(_DropLateInterrupt())
     args = parse_args(argv)
+    distributed.quiet_other_ranks()  # errors still show, marked with their rank
     try:
         return run(args)
     except ui.UserError as err:
-        ui.error(err)
+        ui.error(err, rank=None if distributed.is_main_process() else distributed.rank())
         return 1
     except KeyboardInterrupt:
         ui.err_console.print("\nCancelled.")
@@ -345,4 +421,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    # The work is done: a late Ctrl-C must not print a traceback while torch's modules shut down.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(status)

@@ -361,10 +361,10 @@ def load_model(name: str, dtype: torch.dtype | None = None, quantization: str | 
     return model
 
 
-def load_teacher(name: str, precision: Precision):
-    """The teacher in half precision, frozen, on the policy's device."""
-    model = load_model(name, dtype=precision.teacher_dtype, for_training=False)
-    return model.to(precision.device)
+def load_teacher(name: str, precision: Precision, quantization: str | None = None):
+    """The teacher in half precision (or 8/4-bit when asked, never silently), frozen, on the policy's device."""
+    model = load_model(name, dtype=precision.teacher_dtype, quantization=quantization, for_training=False)
+    return model if quantization else model.to(precision.device)  # bnb places quantised weights itself
 
 
 # ---- derived students -----------------------------------------------------------------------

@@ -37,12 +37,16 @@ def preflight(cfg: RunConfig) -> Preflight:
     from finetuner.data import prepare
 
     ui.step("Checking tokenizers, model configs and the data (no weights are loaded)")
+    from finetuner.teachers import topk_cache
+
     if cfg.is_distillation:
         tokenizer = models.load_tokenizer(cfg.student)
-        if cfg.distillation_mode != "responses":  # the teacher's distributions are matched: one tokenizer
+        if topk_cache.stands_in_for_teacher(cfg):  # issue 12: the teacher is not on this machine, nor needed
+            ui.info(f"the teacher {cfg.teacher} is not here; its complete cache in {cfg.teacher_cache} stands in")
+        elif cfg.distillation_mode != "responses":  # the teacher's distributions are matched: one tokenizer
             teacher_tokenizer = tokenizer if cfg.student == cfg.teacher else models.load_tokenizer(cfg.teacher)
             models.check_tokenizers_match(teacher_tokenizer, tokenizer)
-        if not cfg.teacher_api_base:
+        if not cfg.teacher_api_base and not topk_cache.stands_in_for_teacher(cfg):
             for note in models.check_student_plan(cfg.teacher, cfg.student, cfg.student_layers):
                 ui.warning(note)
     else:
@@ -92,7 +96,10 @@ def training_flops(cfg: RunConfig, tokens: int, label_tokens: int) -> float:
     student = disk.parameter_count(_trained_model(cfg), cfg.student_layers if cfg.is_distillation else None)
     head = _head_params(_trained_model(cfg))
     train_factor = 4 if cfg.uses_lora else 6
-    if not cfg.is_distillation or cfg.distillation_mode == "responses":  # no teacher forward while training
+    from finetuner.teachers.topk_cache import is_complete
+
+    # No teacher forward while training: responses mode, or a complete teacher cache (issue 12).
+    if not cfg.is_distillation or cfg.distillation_mode == "responses" or is_complete(cfg):
         return train_factor * student * tokens
     teacher = disk.parameter_count(cfg.teacher)
     teacher_head = _head_params(cfg.teacher)
@@ -105,7 +112,7 @@ def estimated_seconds(cfg: RunConfig, data) -> float | None:
     """Training time (the optimizer steps, not loading or benchmarking); None on a GPU."""
     import torch
 
-    if torch.cuda.is_available() or data is None:  # None: the teacher writes the rows after "Start?"
+    if torch.cuda.is_available() or data is None:  # no rows yet when the teacher writes them from documents
         return None
     stats = data.stats
     if not stats.get("train_rows"):

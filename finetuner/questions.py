@@ -141,6 +141,11 @@ QUESTIONS: tuple[Question, ...] = (
              optional_in_files=True),
     Question("generation_token_budget", "Spend cap in tokens, prompts + responses (Enter: no cap)",
              optional_in_files=True),
+    # Teacher cache (issue 12)
+    Question("teacher_cache", "Cache the teacher's top-k outputs in a directory, reused by every epoch and "
+                              "later run (Enter for none)", optional_in_files=True,
+             help="The teacher then runs once; a complete cache trains students without loading the teacher."),
+    Question("teacher_top_k", "Teacher entries kept per token", ask=False),
     Question("lora_r", "LoRA rank r",
              help="Adapter rank: higher learns more but trains more parameters; 8-16 is typical."),
     Question("lora_alpha", "LoRA alpha",
@@ -173,6 +178,11 @@ QUESTIONS: tuple[Question, ...] = (
              help="username/model-name (or org/model-name); created if it does not exist."),
     Question("hub_private", "Make the repository private?", "confirm",
              help="A private repository is visible only to you (and your organisation)."),
+    # Scaling out and memory (issue 14).
+    Question("gradient_checkpointing", "Use gradient checkpointing (about a third slower, far less activation memory)?",
+             "confirm", ask=False),
+    Question("teacher_quantization", "Load the teacher in 8 or 4 bits (less memory, a slightly worse teacher)?",
+             "select", (("No: its own precision", None), ("8-bit", "8bit"), ("4-bit NF4", "4bit")), ask=False),
     # Advanced settings: from an answers file or --set only.
     Question("eval_fraction", "Held-out fraction", ask=False),
     Question("merge_adapter", "Also save a merged model", ask=False),

@@ -120,7 +120,8 @@ def accept(question: Question, raw: Any, answers: Answers, checks: dict[str, Che
     problem = check_field(question.key, value)
     # A teacher behind an API is a model name at that endpoint, not something to find locally.
     api_teacher = question.key == "teacher" and answers.get("teacher_api_base")
-    if problem is None and question.key in _MODEL_KEYS and not api_teacher:
+    # A check in `checks` may replace this one (a teacher whose complete cache stands in for it).
+    if problem is None and question.key in _MODEL_KEYS and not api_teacher and question.key not in checks:
         problem = check_model(value)
     if problem is None and question.key == "upload" and value and hub_offline():
         problem = ("HF_HUB_OFFLINE is set, so the upload would fail after training; answer no and upload "

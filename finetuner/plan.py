@@ -96,6 +96,8 @@ def training_flops(cfg: RunConfig, tokens: int, label_tokens: int) -> float:
     student = disk.parameter_count(_trained_model(cfg), cfg.student_layers if cfg.is_distillation else None)
     head = _head_params(_trained_model(cfg))
     train_factor = 4 if cfg.uses_lora else 6
+    if getattr(cfg, "gradient_checkpointing", False):
+        train_factor += 2  # the forward pass runs again during backward
     from finetuner.teachers.topk_cache import is_complete
 
     # No teacher forward while training: responses mode, or a complete teacher cache (issue 12).

@@ -8,6 +8,7 @@ The ML stack is imported only after the questions, so the first prompt appears a
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -29,6 +30,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--yes", "-y", action="store_true", help="skip the confirmation")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output directory")
     parser.add_argument("--resume", action="store_true", help="continue from the output directory's last checkpoint")
+    parser.add_argument("--cache-teacher", action="store_true",
+                        help="fill the teacher cache (teacher_cache) and stop; train later, on any machine")
     parser.add_argument("--generate-only", action="store_true",
                         help="stop after the teacher has written the responses (distillation_mode responses/hybrid)")
     parser.add_argument("--benchmark-only", metavar="OUTPUT_DIR", help="benchmark an existing output directory")
@@ -124,9 +127,27 @@ def resolve_config(args: argparse.Namespace, given: dict, previous: dict) -> tup
     # Writing launch configs runs nothing, so the output directory is checked when the run starts.
     checks = {"output_dir": output_dir_check(args.overwrite, args.resume, interactive)} \
         if distributed.is_main_process() and not args.write_launch else {}
+    if given.get("teacher_cache") and not given.get("teacher_api_base"):
+        checks["teacher"] = teacher_check(given)  # a complete cache may stand in for a teacher not here
     answers, secrets = resolve(given, ask_at_terminal if interactive else None, use_defaults=args.defaults,
                                checks=checks, token_found=hub_token_configured, previous=previous)
     return RunConfig(**answers), secrets
+
+
+def teacher_check(given: dict):
+    """The teacher must exist, unless the answers' teacher_cache already holds its complete cache."""
+    from finetuner.sources import check_model
+
+    def check(value: str) -> str | None:
+        problem = check_model(value)
+        if problem is None or not given.get("teacher_cache"):
+            return problem
+        from finetuner.teachers import topk_cache
+
+        manifest = topk_cache.complete_manifest(Path(str(given["teacher_cache"])))
+        return None if manifest and manifest["fingerprint"]["teacher"] == value else problem
+
+    return check
 
 
 def generate_stage(cfg: RunConfig):
@@ -164,10 +185,12 @@ def show_plan(cfg: RunConfig, checked) -> None:
 
     from finetuner.memory_plan import plan_rows as memory_rows
     from finetuner.objectives.layer_map import plan_rows as hidden_state_rows
+    from finetuner.teachers.topk_cache import plan_rows as cache_rows
 
     rows = list(cfg.to_answers().items())
     rows += plan.derived_facts(cfg, checked)
     rows += hidden_state_rows(cfg)
+    rows += cache_rows(cfg)
     rows += memory_rows(cfg)
     ui.table("Plan", rows)
     for note in [*warnings_for(cfg), *plan.plan_warnings(cfg, checked)]:
@@ -245,6 +268,8 @@ def run(args: argparse.Namespace) -> int:
     from finetuner import noise
 
     tuner = LLMFineTuner(cfg, teacher_data, prepared=checked.data)
+    if args.cache_teacher:
+        return cache_teacher_stage(tuner, answers_path)
     with noise.routed_to_log(cfg.output_dir, args.verbose):
         result = tuner.train_distillation(resume=args.resume) if cfg.is_distillation else tuner.train(resume=args.resume)
     if result.interrupted:
@@ -264,6 +289,14 @@ def run(args: argparse.Namespace) -> int:
     summary.show(cfg.output_dir, result.seconds, time.perf_counter() - started,
                  estimate=plan.estimated_seconds(cfg, checked.data), hub_repo=cfg.hub_repo, uploaded=uploaded)
     offer_launch(cfg)
+    return 0
+
+
+def cache_teacher_stage(tuner, answers_path: Path) -> int:
+    """--cache-teacher: fill the cache and stop; the same answers file trains from it later."""
+    cache = tuner.build_teacher_cache()
+    ui.success(f"Teacher cache ready in {cache}. Train (here or on a machine with a copy of it at the same path, "
+               f"or with teacher_cache set to the copy's path):  python finetune_cli.py --answers {answers_path}")
     return 0
 
 
@@ -364,8 +397,17 @@ def _drop_interrupted_cleanup(unraisable) -> None:
         sys.__unraisablehook__(unraisable)
 
 
+class _DropLateInterrupt(logging.Filter):
+    """A Ctrl-C that reaches prompt_toolkit just as a prompt closes makes asyncio log a traceback
+    from KeyProcessor.send_sigint; the interrupt itself is handled, so the traceback only alarms."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "send_sigint" not in record.getMessage()
+
+
 def main(argv: list[str] | None = None) -> int:
     sys.unraisablehook = _drop_interrupted_cleanup
+    logging.getLogger("asyncio").addFilter(_DropLateInterrupt())
     args = parse_args(argv)
     distributed.quiet_other_ranks()  # errors still show, marked with their rank
     try:

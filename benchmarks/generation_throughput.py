@@ -95,6 +95,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--requests", type=int, default=48, help="requests per API concurrency level")
     parser.add_argument("--latency", type=float, default=0.25, help="the API server's seconds per reply")
+    parser.add_argument("--output", type=Path, help="where to write the JSON (default benchmarks/results/...)")
     args = parser.parse_args()
     import torch
 
@@ -103,10 +104,10 @@ def main() -> None:
               "python": platform.python_version(), "command": " ".join(["python"] + sys.argv),
               "local": local(gsm8k_prompts(args.prompts), args.new_tokens, args.batch),
               "api": api(args.requests, args.latency, (1, 4, 16)),
-              "settings": vars(args)}
+              "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
     one, many = report["local"]["batch 1"], report["local"][f"batch {args.batch}"]
     report["local_speedup"] = round(many["prompts_per_s"] / one["prompts_per_s"], 2)
-    out = ROOT / "benchmarks" / "results" / f"generation_throughput-{report['date']}.json"
+    out = args.output or ROOT / "benchmarks" / "results" / f"generation_throughput-{report['date']}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     print(f"written to {out}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import typing
+from pathlib import Path
 from dataclasses import dataclass, fields
 from typing import Any, Optional
 
@@ -63,6 +64,9 @@ class RunConfig:
     upload: bool = False
     hub_repo: Optional[str] = None
     hub_private: bool = True
+    # Teacher cache (issue 12): the teacher's top-k per counted position, written once to a directory
+    teacher_cache: Optional[str] = None
+    teacher_top_k: int = 64
     # What the student learns from (issue 13): the divergence, on-policy batches, hidden states
     divergence: str = "forward_kl"
     jsd_beta: float = 0.5  # TRL generalized_jsd_loss beta: 0 forward KL, 1 reverse KL
@@ -161,6 +165,10 @@ def applies(key: str, answers: Any) -> bool:
         return distill and not (key in ("temperature", "alpha") and get("distillation_mode") == "responses")
     if key in ("distillation_mode", "teacher_api_base"):
         return distill
+    if key == "teacher_cache":  # a cache holds distributions: a local teacher's logits
+        return distill and get("distillation_mode", "logits") != "responses" and not get("teacher_api_base")
+    if key == "teacher_top_k":
+        return applies("teacher_cache", answers) and bool(get("teacher_cache"))
     matches_logits = distill and get("distillation_mode", "logits") != "responses"  # the teacher's distributions
     if key in ("divergence", "on_policy_fraction", "hidden_state_weight"):
         return matches_logits
@@ -298,6 +306,10 @@ def check_field(key: str, value: Any) -> str | None:
                     "student_layers", "on_policy_max_new_tokens")
     if key in at_least_one and value < 1:
         return f"must be at least 1 (got {value})"
+    if key == "teacher_top_k" and not 1 <= value <= 4096:
+        return f"must be between 1 and 4096 (got {value}); 64 stores about 390 bytes a token"
+    if key == "teacher_cache" and (Path(value).expanduser().is_file()):
+        return f"{value} is a file; teacher_cache needs a directory"
     if key == "max_length" and value < 16:
         return f"must be at least 16 tokens (got {value})"
     if key == "generation_temperature" and not 0 <= value <= 2:
@@ -352,6 +364,14 @@ def cross_check(cfg: Any) -> list[str]:
         problems.append("on_policy_fraction: on-policy batches are written by the student during training, and "
                         "a teacher cache (teacher_cache) cannot score text it has never seen; set "
                         "on_policy_fraction to 0 or turn the cache off to use a live teacher")
+    if distill and get("teacher_cache") and get("distillation_mode", "logits") != "responses":
+        # Issue 12: the cache stores top-k log-probs for forward KL over k + 1 buckets, and no hidden states.
+        if get("divergence", "forward_kl") != "forward_kl":
+            problems.append(f"divergence: the teacher cache (teacher_cache) supports forward_kl only, not "
+                            f"{get('divergence')}; set divergence forward_kl or turn the cache off")
+        if (get("hidden_state_weight", 0.0) or 0.0) > 0:
+            problems.append("hidden_state_weight: the teacher cache holds top-k probabilities, not hidden states; "
+                            "set hidden_state_weight 0 or turn the cache off")
     if distill and (get("hidden_state_weight", 0.0) or 0.0) > 0:
         from finetuner.objectives.layer_map import layer_map, parse_layer_pairs
         from finetuner.sources import layer_count
@@ -372,11 +392,20 @@ def cross_check(cfg: Any) -> list[str]:
     if get("questions_per_chunk") and not (distill and get("distillation_mode") in ("responses", "hybrid")):
         problems.append("questions_per_chunk: questions from documents need a teacher that writes "
                         "(approach distillation, distillation_mode responses or hybrid)")
-    if get("dataset") and not get("questions_per_chunk"):
-        from finetuner.sources import is_documents
+    if get("dataset"):
+        from pathlib import Path
 
-        if is_documents(get("dataset")):
-            problems.append(f"dataset: {get('dataset')} is read as documents; set questions_per_chunk (e.g. 3) "
+        from finetuner.sources import DATA_EXTENSIONS, is_documents
+
+        dataset = get("dataset")
+        writes = distill and get("distillation_mode", "logits") in ("responses", "hybrid")
+        if is_documents(dataset) and not writes:
+            what = "a directory with no data files" if Path(dataset).expanduser().is_dir() else "a document"
+            problems.append(f"dataset: {dataset} is {what} ({', '.join(DATA_EXTENSIONS)}), only documents to "
+                            "read; give training rows, or let a teacher write questions from the documents "
+                            "(approach distillation, distillation_mode responses, questions_per_chunk 3)")
+        elif is_documents(dataset) and get("questions_per_chunk") == 0:  # None: not answered yet
+            problems.append(f"dataset: {dataset} is read as documents; set questions_per_chunk (e.g. 3) "
                             "so the teacher writes questions from it")
     if get("upload") and not get("hub_repo"):
         problems.append("hub_repo: needed when upload is on (e.g. 'username/my-model')")

@@ -16,9 +16,10 @@ from finetuner import ui
 from finetuner.config import RunConfig
 
 # Effective training FLOP/s per CPU thread (bf16 autocast), from finetuner's DistillationTrainer in
-# benchmarks/results/distill_speed-2026-11-24.json: 238 tokens/s on 2 idle cores, SmolLM2-135M
-# teaching its 15-layer student on GSM8K (about 670 MFLOPs a token by the count below).
-CPU_FLOPS_PER_CORE = 80e9
+# benchmarks/results/distill_speed-2026-11-24.json: 3.775 s a step of 8 GSM8K rows (about 1,000
+# answer and 550 prompt tokens) on 2 idle cores, SmolLM2-135M teaching its 15-layer student:
+# about 1.05 TFLOP a step by the count in `training_flops`, so 278 GFLOP/s, 139 per thread.
+CPU_FLOPS_PER_CORE = 139e9
 CALIBRATION = "calibrated: tokens x FLOPs per token at the rate measured on 2 idle CPU cores"
 
 
@@ -36,12 +37,16 @@ def preflight(cfg: RunConfig) -> Preflight:
     from finetuner.data import prepare
 
     ui.step("Checking tokenizers, model configs and the data (no weights are loaded)")
+    from finetuner.teachers import topk_cache
+
     if cfg.is_distillation:
         tokenizer = models.load_tokenizer(cfg.student)
-        if cfg.distillation_mode != "responses":  # the teacher's distributions are matched: one tokenizer
+        if topk_cache.stands_in_for_teacher(cfg):  # issue 12: the teacher is not on this machine, nor needed
+            ui.info(f"the teacher {cfg.teacher} is not here; its complete cache in {cfg.teacher_cache} stands in")
+        elif cfg.distillation_mode != "responses":  # the teacher's distributions are matched: one tokenizer
             teacher_tokenizer = tokenizer if cfg.student == cfg.teacher else models.load_tokenizer(cfg.teacher)
             models.check_tokenizers_match(teacher_tokenizer, tokenizer)
-        if not cfg.teacher_api_base:
+        if not cfg.teacher_api_base and not topk_cache.stands_in_for_teacher(cfg):
             for note in models.check_student_plan(cfg.teacher, cfg.student, cfg.student_layers):
                 ui.warning(note)
     else:
@@ -81,7 +86,7 @@ def _head_params(name: str) -> int:
     return config.vocab_size * config.hidden_size
 
 
-def flops_per_step_parts(cfg: RunConfig, tokens: int, label_tokens: int) -> float:
+def training_flops(cfg: RunConfig, tokens: int, label_tokens: int) -> float:
     """Training FLOPs for `tokens` input tokens of which `label_tokens` count in the loss.
 
     Forward is 2 FLOPs per parameter per token, backward 4 (2 with frozen weights, as under LoRA).
@@ -91,7 +96,10 @@ def flops_per_step_parts(cfg: RunConfig, tokens: int, label_tokens: int) -> floa
     student = disk.parameter_count(_trained_model(cfg), cfg.student_layers if cfg.is_distillation else None)
     head = _head_params(_trained_model(cfg))
     train_factor = 4 if cfg.uses_lora else 6
-    if not cfg.is_distillation:
+    from finetuner.teachers.topk_cache import is_complete
+
+    # No teacher forward while training: responses mode, or a complete teacher cache (issue 12).
+    if not cfg.is_distillation or cfg.distillation_mode == "responses" or is_complete(cfg):
         return train_factor * student * tokens
     teacher = disk.parameter_count(cfg.teacher)
     teacher_head = _head_params(cfg.teacher)
@@ -104,7 +112,7 @@ def estimated_seconds(cfg: RunConfig, data) -> float | None:
     """Training time (the optimizer steps, not loading or benchmarking); None on a GPU."""
     import torch
 
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() or data is None:  # no rows yet when the teacher writes them from documents
         return None
     stats = data.stats
     if not stats.get("train_rows"):
@@ -114,21 +122,14 @@ def estimated_seconds(cfg: RunConfig, data) -> float | None:
     epochs_run = total_steps / epoch_steps
     tokens = sum(len(ids) for ids in data.train["input_ids"]) * epochs_run
     label_tokens = stats["train_label_tokens"] * epochs_run
-    flops = flops_per_step_parts(cfg, tokens, label_tokens)
+    flops = training_flops(cfg, tokens, label_tokens)
     return flops / (CPU_FLOPS_PER_CORE * torch.get_num_threads())
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def derived_facts(cfg: RunConfig, pre: Preflight) -> list[tuple[str, str]]:
     """(label, value) rows for the plan: what the settings add up to."""
     from finetuner import disk
+    from finetuner.summary import duration
 
     if pre.data is None:
         return [("device", device_name()),
@@ -147,7 +148,7 @@ def derived_facts(cfg: RunConfig, pre: Preflight) -> list[tuple[str, str]]:
     ]
     seconds = estimated_seconds(cfg, pre.data)
     rows.append(("estimated training time",
-                 f"about {_duration(seconds)} ({CALIBRATION})" if seconds is not None
+                 f"about {duration(seconds)} ({CALIBRATION})" if seconds is not None
                  else "not estimated on a GPU (the rate is calibrated for CPUs only)"))
     rows.append(("disk needed", f"about {disk._gb(disk.bytes_needed(cfg))}"))
     return rows

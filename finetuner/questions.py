@@ -141,6 +141,11 @@ QUESTIONS: tuple[Question, ...] = (
              optional_in_files=True),
     Question("generation_token_budget", "Spend cap in tokens, prompts + responses (Enter: no cap)",
              optional_in_files=True),
+    # Teacher cache (issue 12)
+    Question("teacher_cache", "Cache the teacher's top-k outputs in a directory, reused by every epoch and "
+                              "later run (Enter for none)", optional_in_files=True,
+             help="The teacher then runs once; a complete cache trains students without loading the teacher."),
+    Question("teacher_top_k", "Teacher entries kept per token", ask=False),
     Question("lora_r", "LoRA rank r",
              help="Adapter rank: higher learns more but trains more parameters; 8-16 is typical."),
     Question("lora_alpha", "LoRA alpha",

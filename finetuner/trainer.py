@@ -17,12 +17,14 @@ import torch
 from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 
 from finetuner import adapters, artifacts, disk, distributed, models, ui
-from finetuner.config import RunConfig
+from finetuner.config import RunConfig, applies
 from finetuner.data import PreparedData, make_collator, prepare
 from finetuner.formatting import save_prompt_format
 from finetuner.interrupt import GracefulInterrupt
 from finetuner.objectives import trainer_settings as objective_settings
 from finetuner.losses import kd_loss_from_hidden, select_targets
+from finetuner.objectives.topk import TeacherEntries, topk_kd_loss_from_hidden
+from finetuner.teachers import topk_cache
 from finetuner.progress import ProgressReporter
 from finetuner.rank_trace import RankTrace
 
@@ -43,9 +45,10 @@ class DistillationTrainer(Trainer):
 
     def __init__(self, *args, teacher, temperature: float, alpha: float, vocab_size: int | None,
                  divergence: str = "forward_kl", beta: float = 0.5, hidden=None, hidden_weight: float = 0.0,
-                 on_policy=None, **kwargs):
+                 on_policy=None, teacher_cache=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.teacher = teacher
+        self.teacher_cache = teacher_cache  # a TopKCache: the teacher's top-k read from disk, no teacher model
         self.temperature = temperature
         self.alpha = alpha
         self.vocab_size = vocab_size
@@ -54,7 +57,7 @@ class DistillationTrainer(Trainer):
         self.hidden_weight = hidden_weight
         self.on_policy = on_policy  # objectives.on_policy.OnPolicySampler
         # Peak loss memory is about 6 x chunk x vocab x 4 bytes: keep it near 800 MB for any vocabulary.
-        self.chunk_size = max(64, 2**25 // vocab_rows(teacher))
+        self.chunk_size = max(64, 2**25 // vocab_rows(teacher or self.model))
         # Our loss divides by num_items_in_batch itself, so ask the Trainer to count it and not
         # divide again by the accumulation steps.
         self.model_accepts_loss_kwargs = True
@@ -109,6 +112,13 @@ class DistillationTrainer(Trainer):
         # DDP/FSDP wrapper, which synchronises its gradients; the teacher is frozen and unwrapped.
         student_out = distributed.decoder_outputs(model, inputs["input_ids"], inputs["attention_mask"],
                                                   output_hidden_states=states)
+        if self.teacher_cache is not None:  # the teacher's top-k read from disk; forward KL only (config.py)
+            entries = self.teacher_cache.entries_for_batch(inputs[topk_cache.ROW_INDEX], inputs["labels"])
+            return topk_kd_loss_from_hidden(student_out.last_hidden_state, student.get_output_embeddings(),
+                                            inputs["labels"], TeacherEntries(*(t.to(student_out.last_hidden_state.device)
+                                                                               for t in entries)),
+                                            vocab_size=self.vocab_size, temperature=self.temperature, alpha=alpha,
+                                            num_items_in_batch=num_items_in_batch, chunk_size=self.chunk_size), None
         with torch.no_grad():
             teacher_out = self.teacher.get_decoder()(input_ids=inputs["input_ids"],
                                                      attention_mask=inputs["attention_mask"],
@@ -232,37 +242,67 @@ class LLMFineTuner:
             self.teacher_data = write_for(cfg, "LLMFineTuner(cfg).train_distillation(resume=True)")
         if cfg.distillation_mode == "responses":
             return self._train_on_responses(checkpoint)
+        student_tokenizer, vocab_size = self._distillation_tokenizers()
+        disk.check_space(cfg)
+        data = self._prepare_data(student_tokenizer)
+        # With teacher_cache, the teacher runs only to fill a cache that is not complete yet.
+        cache = topk_cache.ensure(cfg, data.train, student_tokenizer, vocab_size, self._load_teacher) \
+            if cfg.teacher_cache else None
+
+        # Built first: under a launcher, args.device joins the process group and makes this process's
+        # GPU (cuda:LOCAL_RANK) the current one, so no rank loads its teacher onto cuda:0.
+        args = self._training_args()
+        student = self._load_student(data, student_tokenizer)
+        teacher = None if cache else self._load_teacher(args.device)
+        ui.info((f"teacher {models.count_parameters(teacher) / 1e6:.1f}M parameters, " if teacher else "")
+                + f"student {models.count_parameters(student) / 1e6:.1f}M")
+        if cfg.student_training == "lora":
+            student = adapters.apply_adapter(cfg, student, self._total_steps(data))
+        _report_trainable(student)
+        trainer = DistillationTrainer(model=student, args=args,
+                                      train_dataset=topk_cache.with_row_index(data.train) if cache else data.train,
+                                      data_collator=make_collator(student_tokenizer),
+                                      processing_class=student_tokenizer, teacher=teacher, teacher_cache=cache,
+                                      temperature=cfg.temperature, alpha=cfg.alpha, vocab_size=vocab_size,
+                                      **objective_settings(cfg, student, teacher, student_tokenizer, self.out))
+        return self._run(trainer, student_tokenizer, checkpoint, adapter=cfg.student_training == "lora",
+                         base_name=None)
+
+    def build_teacher_cache(self) -> Path:
+        """--cache-teacher: fill `teacher_cache` for this run's rows and stop."""
+        cfg = self.cfg
+        if not (cfg.is_distillation and cfg.teacher_cache and applies("teacher_cache", cfg)):
+            raise ui.UserError("--cache-teacher needs approach distillation with a local teacher's logits "
+                               "(distillation_mode logits or hybrid) and a teacher_cache directory",
+                               hint="add e.g. teacher_cache: teacher-cache to the answers file")
+        tokenizer, vocab_size = self._distillation_tokenizers()
+        data = self._data(tokenizer)  # nothing written to output_dir: the training run that follows starts clean
+        topk_cache.ensure(cfg, data.train, tokenizer, vocab_size, self._load_teacher)
+        return Path(cfg.teacher_cache)
+
+    def _distillation_tokenizers(self):
+        """The student's tokenizer and the vocabulary it shares with the teacher. With a complete
+        cache and no teacher on this machine, the cache's fingerprint stands in for the teacher's
+        tokenizer (it is checked against the student's when the cache opens)."""
+        cfg = self.cfg
+        if topk_cache.stands_in_for_teacher(cfg):
+            return models.load_tokenizer(cfg.student), topk_cache.stored_vocab_size(cfg)
         teacher_tokenizer = models.load_tokenizer(cfg.teacher)
         student_tokenizer = teacher_tokenizer if cfg.student == cfg.teacher else models.load_tokenizer(cfg.student)
         vocab_size = models.check_tokenizers_match(teacher_tokenizer, student_tokenizer)
         for note in models.check_student_plan(cfg.teacher, cfg.student, cfg.student_layers):  # configs only
             ui.warning(note)
-        disk.check_space(cfg)
-        data = self._prepare_data(student_tokenizer)
+        return student_tokenizer, vocab_size
 
+    def _load_teacher(self, device=None):
         precision = models.precision_policy()
-        # Built first: under a launcher, args.device joins the process group and makes this process's
-        # GPU (cuda:LOCAL_RANK) the current one, so no rank loads its teacher onto cuda:0.
-        args = self._training_args()
-        device = args.device
-        student = self._load_student(data, student_tokenizer)
+        cfg = self.cfg
         ui.step(f"Loading teacher {cfg.teacher} "
                 f"({cfg.teacher_quantization or str(precision.teacher_dtype).removeprefix('torch.')})")
         teacher = models.load_teacher(cfg.teacher, precision, cfg.teacher_quantization)
-        if not cfg.teacher_quantization:
-            teacher.to(device)
-        ui.info(f"teacher {models.count_parameters(teacher) / 1e6:.1f}M parameters, "
-                f"student {models.count_parameters(student) / 1e6:.1f}M")
-        if cfg.student_training == "lora":
-            student = adapters.apply_adapter(cfg, student, self._total_steps(data))
-        _report_trainable(student)
-        trainer = DistillationTrainer(model=student, args=args, train_dataset=data.train,
-                                      data_collator=make_collator(student_tokenizer),
-                                      processing_class=student_tokenizer, teacher=teacher,
-                                      temperature=cfg.temperature, alpha=cfg.alpha, vocab_size=vocab_size,
-                                      **objective_settings(cfg, student, teacher, student_tokenizer, self.out))
-        return self._run(trainer, student_tokenizer, checkpoint, adapter=cfg.student_training == "lora",
-                         base_name=None)
+        if device is not None and not cfg.teacher_quantization:
+            teacher.to(device)  # this rank's device under a launcher
+        return teacher
 
     def _train_on_responses(self, checkpoint: str | None) -> TrainResult:
         """Sequence-level distillation: plain CE on the teacher's responses; the teacher is not loaded."""
@@ -307,6 +347,12 @@ class LLMFineTuner:
         return last
 
     def _prepare_data(self, tokenizer) -> PreparedData:
+        data = self._data(tokenizer)
+        if distributed.is_main_process():
+            artifacts.write_heldout(self.out, data.heldout)
+        return data
+
+    def _data(self, tokenizer) -> PreparedData:
         written = self.teacher_data
         if self.prepared is not None and written is None:
             data = self.prepared
@@ -314,8 +360,6 @@ class LLMFineTuner:
             ui.step(f"Preparing dataset {self.cfg.dataset}")
             data = prepare(self.cfg, tokenizer, dataset=written.dataset if written else None,
                            rewrite=written.rewrite if written else None)
-        if distributed.is_main_process():
-            artifacts.write_heldout(self.out, data.heldout)
         return data
 
     def _load_student(self, data: PreparedData, tokenizer):

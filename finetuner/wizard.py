@@ -104,6 +104,9 @@ def parse_overrides(items: list[str]) -> Answers:
 # ---- validation -----------------------------------------------------------------------------
 
 _MODEL_KEYS = ("model", "teacher", "student")
+# Settings asked after every field their cross-field rule reads, so the rule can be checked at the
+# question (the others wait for the end: a later answer may still satisfy them).
+_COMPLETES_A_RULE = ("student_layers", "adalora_target_r", "hub_repo")
 
 
 def accept(question: Question, raw: Any, answers: Answers, checks: dict[str, Check]) -> tuple[Any, str | None]:
@@ -117,12 +120,13 @@ def accept(question: Question, raw: Any, answers: Answers, checks: dict[str, Che
     problem = check_field(question.key, value)
     # A teacher behind an API is a model name at that endpoint, not something to find locally.
     api_teacher = question.key == "teacher" and answers.get("teacher_api_base")
-    if problem is None and question.key in _MODEL_KEYS and not api_teacher:
+    # A check in `checks` may replace this one (a teacher whose complete cache stands in for it).
+    if problem is None and question.key in _MODEL_KEYS and not api_teacher and question.key not in checks:
         problem = check_model(value)
     if problem is None and question.key == "upload" and value and hub_offline():
         problem = ("HF_HUB_OFFLINE is set, so the upload would fail after training; answer no and upload "
                    "later with --upload-only OUTPUT_DIR, or unset HF_HUB_OFFLINE")
-    if problem is None:  # a rule spanning fields, checked as soon as this answer completes it
+    if problem is None and question.key in _COMPLETES_A_RULE:  # a rule spanning fields, checked at once
         prefix = f"{question.key}:"
         problem = next((p[len(prefix):].strip() for p in cross_check({**answers, question.key: value})
                         if p.startswith(prefix)), None)

@@ -149,5 +149,7 @@ def test_dry_run_checks_teacher_and_student_tokenizers(tmp_path, tiny_llama, qa_
 
     other = build_llama(tmp_path / "other", train_tokenizer(tmp_path / "tok", vocab_size=300), layers=2)
     result = cli("--defaults", "--dry-run", "--set", "approach=distillation", "--set", f"teacher={tiny_llama}",
-                 "--set", f"student={other}", "--set", f"dataset={qa_file}", "--set", f"output_dir={tmp_path / 'o'}")
+                 "--set", f"student={other}", "--set", f"dataset={qa_file}", "--set", f"output_dir={tmp_path / 'o'}",
+                 "--set", "distillation_mode=logits")  # --defaults alone picks responses for differing tokenizers
     assert_user_error(result, "tokenizers differ")
+    assert "responses" in result.stderr  # the hint offers the mode that works

@@ -156,8 +156,6 @@ def generate_stage(cfg: RunConfig):
         return None
     from finetuner.teachers.generate import write_for
 
-    if distributed.world_size() == 1:
-        return write_for(cfg, resume_command(cfg.output_dir))
     # Under a launcher the main process writes the responses (its cache); the others then find them
     # all there and request none, so no prompt is paid for twice.
     return distributed.main_process_first(lambda: write_for(cfg, resume_command(cfg.output_dir)))

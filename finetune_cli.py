@@ -156,8 +156,6 @@ def generate_stage(cfg: RunConfig):
         return None
     from finetuner.teachers.generate import write_for
 
-    if distributed.world_size() == 1:
-        return write_for(cfg, resume_command(cfg.output_dir))
     # Under a launcher the main process writes the responses (its cache); the others then find them
     # all there and request none, so no prompt is paid for twice.
     return distributed.main_process_first(lambda: write_for(cfg, resume_command(cfg.output_dir)))
@@ -190,7 +188,7 @@ def show_plan(cfg: RunConfig, checked) -> None:
     rows = list(cfg.to_answers().items())
     rows += plan.derived_facts(cfg, checked)
     rows += hidden_state_rows(cfg)
-    rows += cache_rows(cfg)
+    rows += cache_rows(cfg, checked.data)
     rows += memory_rows(cfg)
     ui.table("Plan", rows)
     for note in [*warnings_for(cfg), *plan.plan_warnings(cfg, checked)]:

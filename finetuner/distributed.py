@@ -40,7 +40,9 @@ def quiet_other_ranks() -> None:
 
 def main_process_first(work):
     """`work()` on the main process, then on the others (accelerate's main_process_first): what the
-    main process caches, the others read instead of computing again."""
+    main process caches, the others read instead of computing again. One process: just `work()`."""
+    if world_size() == 1:
+        return work()
     import torch
     from accelerate import PartialState
 

@@ -245,8 +245,10 @@ class LLMFineTuner:
         student_tokenizer, vocab_size = self._distillation_tokenizers()
         disk.check_space(cfg)
         data = self._prepare_data(student_tokenizer)
-        # With teacher_cache, the teacher runs only to fill a cache that is not complete yet.
-        cache = topk_cache.ensure(cfg, data.train, student_tokenizer, vocab_size, self._load_teacher) \
+        # With teacher_cache, the teacher runs only to fill a cache that is not complete yet (under a
+        # launcher, on the main process; the others then open the complete cache).
+        cache = distributed.main_process_first(
+            lambda: topk_cache.ensure(cfg, data.train, student_tokenizer, vocab_size, self._load_teacher)) \
             if cfg.teacher_cache else None
 
         # Built first: under a launcher, args.device joins the process group and makes this process's

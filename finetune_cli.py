@@ -188,7 +188,7 @@ def show_plan(cfg: RunConfig, checked) -> None:
     rows = list(cfg.to_answers().items())
     rows += plan.derived_facts(cfg, checked)
     rows += hidden_state_rows(cfg)
-    rows += cache_rows(cfg)
+    rows += cache_rows(cfg, checked.data)
     rows += memory_rows(cfg)
     ui.table("Plan", rows)
     for note in [*warnings_for(cfg), *plan.plan_warnings(cfg, checked)]:

@@ -47,13 +47,15 @@ def read_training_log(out_dir: Path) -> dict | None:
 
 def plot_loss(log_history: list[dict], path: Path) -> Path | None:
     """The training loss per step as a PNG, with the held-out loss (eval_loss) when there is one.
-    When distilling, CE and KL get panels of their own: they live on different scales."""
+    When distilling, CE, the divergence and the hidden-state term get panels of their own: they
+    live on different scales."""
     def points(name: str) -> list[tuple[int, float]]:
         return [(e["step"], e[name]) for e in log_history if name in e and "step" in e]
 
     panels = [("loss", [("train", points("loss")), ("held-out", points("eval_loss"))]),
               ("CE (hard labels)", [("train", points("ce")), ("held-out", points("eval_ce"))]),
-              ("KL (teacher || student)", [("train", points("kl")), ("held-out", points("eval_kl"))])]
+              ("divergence (kl)", [("train", points("kl")), ("held-out", points("eval_kl"))]),
+              ("hidden-state loss", [("train", points("hidden"))])]
     panels = [(title, [(label, p) for label, p in lines if p]) for title, lines in panels]
     panels = [(title, lines) for title, lines in panels if lines]
     if not panels:

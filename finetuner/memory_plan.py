@@ -149,7 +149,10 @@ def shapes(cfg: RunConfig) -> tuple[Shape, Shape | None]:
                                                                              cfg.student_layers))
     # A teacher behind an API, or one whose written responses are all the student learns from, holds
     # no weights in training.
-    local_teacher = not getattr(cfg, "teacher_api_base", None) and getattr(cfg, "distillation_mode", "logits") != "responses"
+    from finetuner.teachers.topk_cache import is_complete
+
+    local_teacher = not getattr(cfg, "teacher_api_base", None) and getattr(cfg, "distillation_mode", "logits") != "responses" \
+        and not is_complete(cfg)  # a complete teacher cache: the teacher is never loaded
     return shape_of(config), shape_of(models.load_config(cfg.teacher)) if local_teacher else None
 
 

@@ -96,6 +96,8 @@ def training_flops(cfg: RunConfig, tokens: int, label_tokens: int) -> float:
     student = disk.parameter_count(_trained_model(cfg), cfg.student_layers if cfg.is_distillation else None)
     head = _head_params(_trained_model(cfg))
     train_factor = 4 if cfg.uses_lora else 6
+    if getattr(cfg, "gradient_checkpointing", False):
+        train_factor += 2  # the forward pass runs again during backward
     from finetuner.teachers.topk_cache import is_complete
 
     # No teacher forward while training: responses mode, or a complete teacher cache (issue 12).
@@ -126,6 +128,18 @@ def estimated_seconds(cfg: RunConfig, data) -> float | None:
     return flops / (CPU_FLOPS_PER_CORE * torch.get_num_threads())
 
 
+def _busy_note() -> str:
+    """The calibration is for idle cores; other processes competing for them slow training down."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return ""
+    cores = os.cpu_count() or 1
+    if load <= cores * 1.25:
+        return ""
+    return f"; the machine is busy now (load {load:.1f} on {cores} cores), so expect it to take longer"
+
+
 def derived_facts(cfg: RunConfig, pre: Preflight) -> list[tuple[str, str]]:
     """(label, value) rows for the plan: what the settings add up to."""
     from finetuner import disk
@@ -148,7 +162,7 @@ def derived_facts(cfg: RunConfig, pre: Preflight) -> list[tuple[str, str]]:
     ]
     seconds = estimated_seconds(cfg, pre.data)
     rows.append(("estimated training time",
-                 f"about {duration(seconds)} ({CALIBRATION})" if seconds is not None
+                 f"about {duration(seconds)} ({CALIBRATION}){_busy_note()}" if seconds is not None
                  else "not estimated on a GPU (the rate is calibrated for CPUs only)"))
     rows.append(("disk needed", f"about {disk._gb(disk.bytes_needed(cfg))}"))
     return rows

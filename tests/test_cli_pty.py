@@ -79,7 +79,7 @@ def test_distillation_path_derives_a_student_and_revalidates_typed_values(tmp_pa
     child.send(type_text("3"))
     answer(child, [
         ("Alpha", type_text("0.7")), ("How should the student train", DOWN + ENTER),
-        ("LoRA rank", ENTER), ("LoRA alpha", ENTER), ("LoRA dropout", ENTER),
+        ("Cache the teacher", ENTER), ("LoRA rank", ENTER), ("LoRA alpha", ENTER), ("LoRA dropout", ENTER),
         ("Epochs", ENTER), ("Batch size", ENTER), ("Learning rate", ENTER), ("accumulation", ENTER),
         ("Benchmark", ENTER), ("held-out samples", ENTER), ("Upload", ENTER),
     ])

@@ -186,3 +186,12 @@ def test_library_warnings_go_to_the_log_and_one_dimmed_line(tmp_path, capsys):
     assert "2 library warnings went to" in captured.out
     log = (tmp_path / noise.LOG_FILE).read_text()
     assert "lm_head.weight" in log and "FutureWarning" in log
+
+
+def test_a_finished_run_with_nothing_to_benchmark_says_so_and_succeeds(tmp_path, capsys):
+    from finetune_cli import benchmark_stage
+    from finetuner.config import RunConfig
+
+    (tmp_path / "heldout.jsonl").write_text("")  # plain text holds out rows with no prompts to score
+    benchmark_stage(RunConfig(output_dir=str(tmp_path)), show_samples=0)  # raised UserError (exit 1) before
+    assert "Benchmark skipped" in capsys.readouterr().out

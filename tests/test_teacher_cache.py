@@ -176,3 +176,16 @@ def test_a_build_killed_midway_resumes_where_it_stopped(built, tmp_path, capsys)
     counts = [int(straight._shard(r // per_shard).offsets[r % per_shard + 1]
                   - straight._shard(r // per_shard).offsets[r % per_shard]) for r in rows]
     assert all(torch.equal(a, b) for a, b in zip(resumed.entries(rows, counts), straight.entries(rows, counts)))
+
+
+@pytest.mark.parametrize("setting,fragment", [
+    ({"divergence": "reverse_kl"}, "supports forward_kl only"),
+    ({"hidden_state_weight": 0.5}, "not hidden states"),
+    ({"on_policy_fraction": 0.5}, "cannot score text it has never seen"),
+])
+def test_objectives_that_need_a_live_teacher_are_refused_with_the_cache(setting, fragment):
+    from finetuner.config import RunConfig
+
+    with pytest.raises(ValueError, match=fragment):
+        RunConfig(approach="distillation", teacher_cache="cache", **setting)
+    RunConfig(approach="distillation", **setting)  # fine without the cache

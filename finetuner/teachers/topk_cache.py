@@ -51,8 +51,9 @@ def shard_name(index: int) -> str:
 
 # ---- the plan, before anything loads --------------------------------------------------------
 
-def plan_rows(cfg: RunConfig) -> list[tuple[str, str]]:
-    """What the plan shows about the cache: its state, or its expected size on disk."""
+def plan_rows(cfg: RunConfig, data=None) -> list[tuple[str, str]]:
+    """What the plan shows about the cache: its state, or its expected size on disk (exact when the
+    prepared data is given, else an upper bound from max_samples x max_length)."""
     if not (cfg.is_distillation and cfg.teacher_cache):
         return []
     manifest = complete_manifest(Path(cfg.teacher_cache))
@@ -67,6 +68,11 @@ def plan_rows(cfg: RunConfig) -> list[tuple[str, str]]:
         size = started["counted_tokens"] * started["bytes_per_token"]
         return [("teacher cache", f"{done} of {started['shards']} shards written ({_size(size)} in all); "
                                   "the build resumes there (if it matches this run)")]
+    # In hybrid mode the teacher has not written the responses yet: only the bound is known.
+    if data is not None and getattr(data, "train", None) is not None and not getattr(cfg, "teacher_writes", False):
+        tokens = counted_tokens(data.train)
+        return [("teacher cache", f"top-{cfg.teacher_top_k}, {per_token} bytes a counted token x {tokens:,} "
+                                  f"tokens = {_size(tokens * per_token)}, written once to {cfg.teacher_cache}")]
     most = math.ceil(cfg.max_samples * (1 - cfg.eval_fraction)) * cfg.max_length
     return [("teacher cache", f"top-{cfg.teacher_top_k}, {per_token} bytes a counted token x at most {most:,} "
                               f"tokens = at most {_size(most * per_token)} (exact figure after tokenizing)")]

@@ -144,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
         ui.warning(f"Interrupted; checkpoint saved. Resume with:  {resume_command(cfg.output_dir)}")
         return 130
     ui.success(f"Model saved in {result.model_dir}")
+    if cfg.is_distillation and cfg.sft_baseline and sft_baseline_stage(cfg) == 130:
+        return 130
 
     if cfg.benchmark:
         from finetuner.evaluation import benchmark_output
@@ -151,6 +153,20 @@ def run(args: argparse.Namespace) -> int:
         benchmark_output(cfg, cfg.output_dir, show_samples=args.show_samples)
     if cfg.upload:
         upload_stage(cfg, secrets.get("hub_token"))
+    return 0
+
+
+def sft_baseline_stage(cfg: RunConfig) -> int:
+    """Train the same student plainly (alpha 1) beside the distilled one, for the benchmark to compare."""
+    from finetuner.baseline import train_sft_baseline
+
+    ui.step("Training the SFT baseline: the same student, rows and steps, plain fine-tuning (alpha 1)")
+    result = train_sft_baseline(cfg)
+    if result.interrupted:
+        ui.warning("Interrupted while training the SFT baseline; the distilled model is saved. "
+                   f"Benchmark it with:  python finetune_cli.py --benchmark-only {cfg.output_dir}")
+        return 130
+    ui.success(f"SFT baseline saved in {result.model_dir}")
     return 0
 
 

@@ -18,6 +18,7 @@ APPROACHES = ("fine-tuning", "distillation")
 METHODS = ("lora", "qlora", "adalora")
 QUANTIZATIONS = ("4bit", "8bit")
 STUDENT_TRAINING = ("full", "lora")
+REPORT_TO = ("none", "tensorboard", "trackio", "wandb")
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,11 @@ class RunConfig:
     upload: bool = False
     hub_repo: Optional[str] = None
     hub_private: bool = True
+    # Did it pay? (issue 15): a plain fine-tuning baseline, held-out evaluation, experiment tracking
+    sft_baseline: bool = False  # distillation: also train the same student with alpha 1, benchmark both
+    eval_steps: Optional[int] = None  # evaluate held-out loss every N steps; keep the best checkpoint
+    early_stopping_patience: Optional[int] = None  # stop after N evaluations without improvement
+    report_to: str = "none"  # the Trainer's own integrations
     # Advanced (answers file or --set only)
     eval_fraction: float = 0.1
     merge_adapter: bool = True
@@ -134,6 +140,8 @@ def applies(key: str, answers: Any) -> bool:
         return bool(get("benchmark", True))
     if key in ("hub_repo", "hub_private"):
         return bool(get("upload", False))
+    if key == "sft_baseline":
+        return distill
     return True
 
 
@@ -191,7 +199,7 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 def check_field(key: str, value: Any) -> str | None:
     """Why `value` is not allowed for `key`, or None when it is."""
     choices = {"approach": APPROACHES, "method": METHODS, "quantization": QUANTIZATIONS,
-               "student_training": STUDENT_TRAINING}
+               "student_training": STUDENT_TRAINING, "report_to": REPORT_TO}
     if key in choices and value not in choices[key]:
         return f"must be one of {', '.join(choices[key])} (got {value!r})"
     if value is None:
@@ -208,13 +216,17 @@ def check_field(key: str, value: Any) -> str | None:
         return f"must be in [0, 1) (got {value})"
     at_least_one = ("epochs", "batch_size", "gradient_accumulation", "max_samples", "lora_r", "lora_alpha",
                     "adalora_init_r", "adalora_target_r", "benchmark_samples", "max_new_tokens", "max_steps", "save_steps",
-                    "student_layers")
+                    "student_layers", "eval_steps", "early_stopping_patience")
     if key in at_least_one and value < 1:
         return f"must be at least 1 (got {value})"
     if key == "max_length" and value < 16:
         return f"must be at least 16 tokens (got {value})"
     if key == "hub_repo" and not _REPO_ID.match(value):
         return f"must look like 'username/model-name' (got {value!r})"
+    if key == "report_to" and value != "none":
+        from finetuner.tracking import missing_package
+
+        return missing_package(value)
     if key == "dataset":
         from finetuner.sources import check_dataset
 
@@ -242,6 +254,10 @@ def cross_check(cfg: Any) -> list[str]:
                             "keep fewer")
     if not distill and get("method") == "adalora" and get("adalora_target_r", 8) > get("adalora_init_r", 12):
         problems.append("adalora_target_r: must not exceed adalora_init_r")
+    if get("eval_steps") is not None and get("eval_fraction", 0.1) == 0:
+        problems.append("eval_steps: needs held-out rows to evaluate on; set eval_fraction above 0")
+    if get("early_stopping_patience") is not None and get("eval_steps") is None:
+        problems.append("early_stopping_patience: counts evaluations, so it needs eval_steps too")
     if get("upload") and not get("hub_repo"):
         problems.append("hub_repo: needed when upload is on (e.g. 'username/my-model')")
     return problems

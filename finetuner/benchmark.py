@@ -8,14 +8,21 @@ benchmark.json (written by `save`):
 {
   "approach": "fine-tuning" | "distillation",
   "samples": int, "max_new_tokens": int, "metrics": ["rouge1", "rouge2", "rougeL"],
-  "models": [{"label", "rouge": {metric: F1}, "parameters", "size_on_disk_mb" | null,
-              "tokens_per_s", "peak_memory_mb", "samples": [{"prompt", "reference", "generation"}]}, ...],
-                                               # in run order; the last is the model this run made
+  "models": [{"label", "rouge": {metric: F1},
+              "perplexity",                    # of the reference answers (teacher forcing)
+              "loop_rate",                     # share of answers repeating a word 4-gram 3+ times
+              "fidelity_rougeL", "top1_agreement",  # vs the teacher (distillation); null for the teacher
+              "parameters", "size_on_disk_mb", "tokens_per_s", "peak_memory_mb",  # null when unknown
+              "source": "weights" | "answers file",  # the teacher answered from teacher_heldout.jsonl
+              "samples": [{"prompt", "reference", "generation"}, ...]},  # every prompt benchmarked
+             ...],                             # in run order; the last is the model this run made
   "baseline": label | null,                    # base model / student before distillation
   "final": label,                              # the model this run produced
   "teacher": label | null,                     # distillation only
+  "sft_baseline": label | null,                # the same student fine-tuned plainly (sft_baseline)
   "deltas": {metric: final - baseline} | null,
-  "retained": {metric: final / teacher} | null # distillation only; null per metric if teacher scored 0
+  "retained": {metric: final / teacher} | null, # distillation only; null per metric if teacher scored 0
+  "verdict": {"checks": [...], "passed", "total", "summary": one line} | null   # see verdict.py
 }
 """
 

@@ -26,6 +26,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--yes", "-y", action="store_true", help="skip the confirmation")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output directory")
     parser.add_argument("--resume", action="store_true", help="continue from the output directory's last checkpoint")
+    parser.add_argument("--generate-only", action="store_true",
+                        help="stop after the teacher has written the responses (distillation_mode responses/hybrid)")
     parser.add_argument("--benchmark-only", metavar="OUTPUT_DIR", help="benchmark an existing output directory")
     parser.add_argument("--upload-only", metavar="OUTPUT_DIR", help="upload an existing output directory")
     parser.add_argument("--show-samples", type=int, default=3, metavar="N",
@@ -99,9 +101,31 @@ def gather(args: argparse.Namespace) -> tuple[RunConfig, dict]:
 
 
 def show_plan(cfg: RunConfig) -> None:
-    ui.table("Plan", cfg.to_answers())
+    from finetuner.objectives.layer_map import plan_rows as hidden_state_rows
+
+    ui.table("Plan", [*cfg.to_answers().items(), *hidden_state_rows(cfg)])
     for note in warnings_for(cfg):
         ui.warning(note)
+
+
+def check_tokenizers(cfg: RunConfig) -> None:
+    """Logits distillation needs one tokenizer: compare them before "Start?" (no weights loaded)."""
+    if not cfg.is_distillation or cfg.distillation_mode == "responses" or cfg.teacher == cfg.student:
+        return
+    from finetuner import models
+
+    models.check_tokenizers_match(models.load_tokenizer(cfg.teacher), models.load_tokenizer(cfg.student))
+
+
+def generate_stage(cfg: RunConfig):
+    """Distillation modes responses/hybrid: the teacher writes the responses (resumable cache)."""
+    if not cfg.teacher_writes:
+        return None
+    from finetuner import models
+    from finetuner.teachers.generate import generate_stage as write
+
+    ui.step(f"The teacher ({cfg.teacher}) writes the responses")
+    return write(cfg, models.load_tokenizer(cfg.student), resume_command(cfg.output_dir))
 
 
 def confirm_start() -> bool:
@@ -124,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg, secrets = gather(args)
     show_plan(cfg)
+    check_tokenizers(cfg)
     answers_path = Path(cfg.output_dir) / ANSWERS_FILE
     if args.dry_run:
         if ui.is_interactive() and not args.answers:
@@ -136,9 +161,18 @@ def run(args: argparse.Namespace) -> int:
     save_answers(answers_path, cfg.to_answers())
     ui.info(f"Answers saved to {answers_path} (replay: python finetune_cli.py --answers {answers_path})")
 
+    teacher_data = generate_stage(cfg)
+    if args.generate_only:
+        if teacher_data is None:
+            raise ui.UserError("--generate-only needs a teacher that writes",
+                               hint="set distillation_mode responses or hybrid")
+        ui.success(f"Generation done; read or edit {Path(cfg.output_dir) / 'teacher_responses.jsonl'}, then "
+                   f"train with:  {resume_command(cfg.output_dir)}")
+        return 0
+
     from finetuner.trainer import LLMFineTuner
 
-    tuner = LLMFineTuner(cfg)
+    tuner = LLMFineTuner(cfg, teacher_data)
     result = tuner.train_distillation(resume=args.resume) if cfg.is_distillation else tuner.train(resume=args.resume)
     if result.interrupted:
         ui.warning(f"Interrupted; checkpoint saved. Resume with:  {resume_command(cfg.output_dir)}")

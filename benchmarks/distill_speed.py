@@ -4,6 +4,7 @@
     pip install -r requirements-bench.txt
     python benchmarks/distill_speed.py --quick   # under 3 minutes on 2 cores
     python benchmarks/distill_speed.py           # the full run, ~12 minutes on 2 idle cores
+    python benchmarks/distill_speed.py --quick --objectives   # each objective's s/step vs forward KL
 
 Every contender trains the same 15-layer student derived from the built-in SmolLM2-135M-Instruct
 (the teacher, for the distillation contenders) on the same GSM8K rows, prepared by
@@ -39,6 +40,16 @@ CONTENDERS = {
     "naive": "2.1.0 naive (fp32, pad to max, full KL)",
     "trl": "TRL GKDTrainer (lmbda 0, beta 0, bf16)",
 }
+# --objectives: finetuner's objectives (DISTILLATION_UPDATE.md) in ONE trainer, switched every step in
+# turn, so each sees the same machine (a 2-core machine shared with other jobs drifts by minutes).
+OBJECTIVES = {
+    "forward_kl": {},
+    "reverse_kl": {"divergence": "reverse_kl"},
+    "jsd": {"divergence": "jsd", "beta": 0.5},
+    "on_policy": {"on_policy": True},  # every step samples: the cost of one on-policy step
+    "hidden": {"hidden": True},  # mse, auto layer map, weight 0.1
+}
+ON_POLICY_NEW_TOKENS = 64
 TARGETS = {  # finetuner's ratio to another contender: (other, measure, target, "min" or "max")
     "tokens/s vs naive": ("naive", "tokens_per_s", 2.5, "min"),
     "tokens/s vs TRL": ("trl", "tokens_per_s", 1.3, "min"),
@@ -61,6 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated: " + ",".join(CONTENDERS))
     p.add_argument("--startup-runs", type=int, help="wizard start-up measurements (0 to skip)")
     p.add_argument("--output", type=Path, help="results JSON (default benchmarks/results/distill_speed-DATE.json)")
+    p.add_argument("--objectives", action="store_true",
+                   help="time finetuner's objectives (divergences, on-policy, hidden states) against forward KL "
+                        "in one interleaved run instead of the contenders")
     p.add_argument("--contender", help=argparse.SUPPRESS)  # internal: run one contender, write JSON to --result
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -85,6 +99,8 @@ def run_contender(name: str, args: argparse.Namespace) -> dict:
         cfg = RunConfig(approach="distillation", output_dir=out, max_samples=args.samples, max_length=args.max_length,
                         batch_size=args.batch_size, gradient_accumulation=1, max_steps=args.warmup + args.steps,
                         eval_fraction=0.0, benchmark=False)
+        if name == "objectives":
+            return measure_objectives(cfg, args)
         trainer = build_trainer(name, cfg)
         return measure(trainer, args)
 
@@ -109,7 +125,7 @@ def build_trainer(name: str, cfg):
         return ft.trainer
     tokenizer = models.load_tokenizer(cfg.student)
     data = ft._prepare_data(tokenizer)
-    student = ft._load_student()
+    student = ft._load_student(data, tokenizer)
     if name == "plain":
         return Trainer(model=student, args=ft._training_args(), train_dataset=data.train,
                        data_collator=make_collator(tokenizer), processing_class=tokenizer)
@@ -169,6 +185,67 @@ def measure(trainer, args: argparse.Namespace) -> dict:
         "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
         "threads": torch.get_num_threads(),
     }
+
+
+def measure_objectives(cfg, args: argparse.Namespace) -> dict:
+    """finetuner's DistillationTrainer with each objective in turn, one per step (round robin after
+    the warm-up): wall and process-CPU seconds per step, and the on-policy sampling on its own."""
+    import dataclasses
+
+    from transformers import PrinterCallback, TrainerCallback
+
+    rounds = args.steps * len(OBJECTIVES)
+    cfg = dataclasses.replace(cfg, max_steps=args.warmup + rounds, hidden_state_weight=0.1,
+                              on_policy_fraction=1.0, on_policy_max_new_tokens=ON_POLICY_NEW_TOKENS)
+    trainer = build_trainer("finetuner", cfg)
+    on_policy, hidden = trainer.on_policy, trainer.hidden  # built by finetuner for cfg's settings
+    schedule = ["forward_kl"] * args.warmup + [name for _ in range(args.steps) for name in OBJECTIVES]
+
+    class Switch(TrainerCallback):
+        def __init__(self):
+            self.ends = []
+
+        def on_step_begin(self, args_, state, control, **kwargs):
+            settings = OBJECTIVES[schedule[min(state.global_step, len(schedule) - 1)]]
+            trainer.divergence, trainer.beta = settings.get("divergence", "forward_kl"), settings.get("beta", 0.5)
+            trainer.on_policy = on_policy if settings.get("on_policy") else None
+            trainer.hidden = hidden if settings.get("hidden") else None
+
+        def on_step_end(self, args_, state, control, **kwargs):
+            self.ends.append(_cpu_clock())
+            control.should_save = False
+
+    clock = Switch()
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(clock)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    per = {name: {"wall": [], "cpu": [], "sampling": [], "others": []} for name in OBJECTIVES}
+    for step, (a, b) in enumerate(zip(clock.ends, clock.ends[1:]), start=1):
+        if step < args.warmup:
+            continue
+        name = schedule[step]
+        per[name]["wall"].append(b[0] - a[0])
+        per[name]["cpu"].append(b[2] - a[2])
+        per[name]["sampling"].append(logs[step].get("gen_s", 0.0) if step < len(logs) else 0.0)
+        per[name]["others"].append(max(0.0, (b[1] - a[1]) - (b[2] - a[2])) / ((b[0] - a[0]) * os.cpu_count()))
+    return {name: {"s_per_step": statistics.median(v["wall"]), "cpu_s_per_step": statistics.median(v["cpu"]),
+                   "sampling_s_per_step": statistics.median(v["sampling"]),
+                   "others_cpu_share": statistics.median(v["others"]), "steps": len(v["wall"]),
+                   "step_seconds": [round(x, 2) for x in v["wall"]]}
+            for name, v in per.items()}
+
+
+def report_objectives(result: dict) -> None:
+    base = result["forward_kl"]
+    print(f"{'objective':<12} {'s/step':>7} {'vs fwd':>7} {'CPU s/step':>10} {'vs fwd':>7} {'sampling s':>10} "
+          f"{'others CPU':>10}  steps")
+    for name, r in result.items():
+        print(f"{name:<12} {r['s_per_step']:7.2f} {r['s_per_step'] / base['s_per_step']:6.2f}x "
+              f"{r['cpu_s_per_step']:10.2f} {r['cpu_s_per_step'] / base['cpu_s_per_step']:6.2f}x "
+              f"{r['sampling_s_per_step']:10.2f} {100 * r['others_cpu_share']:9.0f}%  {r['steps']}")
+    print(f"on_policy: every step samples up to {ON_POLICY_NEW_TOKENS} new tokens per row; a fraction f costs "
+          "about f times its extra. hidden: mse, auto layer map, weight 0.1")
 
 
 def summarize(runs: list[dict], busy: float = 0.10) -> dict:
@@ -386,6 +463,22 @@ def main(argv=None) -> None:
     if args.contender:
         result = run_machine(args) if args.contender == "machine" else run_contender(args.contender, args)
         args.result.write_text(json.dumps(result))
+        return
+    if args.objectives:
+        started = time.perf_counter()
+        result = run_child("objectives", args)
+        result.pop("process_seconds", None)
+        report_objectives(result)
+        record = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+                  "settings": {k: getattr(args, k) for k in ("quick", "batch_size", "max_length", "samples", "steps",
+                                                             "warmup", "threads")},
+                  "load_average_end": os.getloadavg(), "objectives": result,
+                  "total_seconds": round(time.perf_counter() - started, 1)}
+        output = args.output or ROOT / "benchmarks" / "results" / (
+            f"distill_objectives-{datetime.date.today()}{'-quick' if args.quick else ''}.json")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(record, indent=1) + "\n")
+        print(f"total {record['total_seconds']:.0f} s; results in {output}")
         return
     names = [n.strip() for n in args.contenders.split(",") if n.strip()]
     unknown = set(names) - set(CONTENDERS)

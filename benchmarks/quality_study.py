@@ -45,7 +45,9 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from finetuner import artifacts, benchmark, models, ui  # noqa: E402
-from finetuner.config import BUILTIN_MODEL, RunConfig  # noqa: E402
+from finetuner.config import BUILTIN_MODEL, RunConfig, coerce  # noqa: E402
+from finetuner.metrics import loop_rate  # noqa: E402
+from finetuner.wizard import parse_overrides  # noqa: E402
 from finetuner.data import encode_prompt, load_rows  # noqa: E402
 from finetuner.formatting import render_prompt  # noqa: E402
 from finetuner.trainer import LLMFineTuner  # noqa: E402
@@ -133,11 +135,14 @@ def teacher_config(preset: Preset, train_file: Path, work: Path) -> RunConfig:
 
 
 def student_config(preset: Preset, train_file: Path, out: Path, teacher_dir: Path, alpha: float,
-                   temperature: float, learning_rate: float, steps: int) -> RunConfig:
-    return RunConfig(approach="distillation", teacher=str(teacher_dir), student=str(teacher_dir),
-                     student_layers=STUDENT_LAYERS, student_training="full", alpha=alpha,
-                     temperature=temperature,
-                     **common(preset, train_file, out, learning_rate=learning_rate, max_steps=steps))
+                   temperature: float, learning_rate: float, steps: int, extra: dict | None = None) -> RunConfig:
+    """`extra`: further RunConfig settings for a variant (`--student-set KEY=VALUE`)."""
+    settings = {"approach": "distillation", "teacher": str(teacher_dir), "student": str(teacher_dir),
+                "student_layers": STUDENT_LAYERS, "student_training": "full", "alpha": alpha,
+                "temperature": temperature,
+                **common(preset, train_file, out, learning_rate=learning_rate, max_steps=steps)}
+    settings.update(extra or {})
+    return RunConfig(**settings)
 
 
 def save_untrained_student(teacher_dir: Path, work: Path, student_run: Path, fresh: bool) -> Path:
@@ -186,12 +191,33 @@ def evaluate(label: str, model_dir: Path | str, heldout: list[dict], preset: Pre
            "accuracy": round(accuracy(generations, [r["reference"] for r in answered]), 4),
            "answered_with_final": sum(final_answer(g) is not None for g in generations),
            "perplexity": round(benchmark.perplexity(model, tokenizer, heldout, preset.max_length), 3),
-           "batched_tokens_per_s": result.tokens_per_s, "samples": result.samples[:3]}
+           "loop_rate": round(loop_rate(generations), 4),
+           "batched_tokens_per_s": result.tokens_per_s, "generations": generations, "samples": result.samples[:3]}
     ui.info(f"{label}: ROUGE-L {row['rouge']['rougeL']:.4f}, perplexity {row['perplexity']:.2f}, "
-            f"accuracy {row['accuracy']:.3f}")
+            f"accuracy {row['accuracy']:.3f}, loop rate {row['loop_rate']:.0%}")
     del model
     gc.collect()
     return row
+
+
+def teacher_generations(rows: list[dict], work: Path, teacher_dir: Path, heldout: list[dict],
+                        preset: Preset) -> list[str]:
+    """The fine-tuned teacher's held-out answers: from this run's rows, or saved by an earlier run
+    (variants run with --skip-baselines), or generated now."""
+    saved = work / "teacher-generations.json"
+    row = next((r for r in rows if r["label"] == "fine-tuned teacher"), None)
+    if row is None and saved.is_file():
+        return json.loads(saved.read_text())
+    if row is None:
+        row = evaluate("fine-tuned teacher", teacher_dir, heldout, preset)
+    artifacts.write_json(saved, row["generations"])
+    return row["generations"]
+
+
+def add_fidelity(rows: list[dict], teacher: list[str]) -> None:
+    """ROUGE-L of each model's answers against the fine-tuned teacher's answers."""
+    for row in rows:
+        row["fidelity_rougeL"] = round(benchmark.rouge(row["generations"], teacher)["rougeL"], 4)
 
 
 def decode_speed(rows: list[dict], heldout: list[dict], preset: Preset) -> None:
@@ -248,12 +274,13 @@ def show(rows: list[dict], teacher: str) -> None:
     t = next(r for r in rows if r["label"] == teacher)
     table = Table(title="Quality study (held-out GSM8K)")
     for name in ("model", "params", "size MB", "ROUGE-1", "ROUGE-2", "ROUGE-L", "perplexity", "accuracy",
-                 "tokens/s", "ROUGE-L vs teacher", "speed vs teacher"):
+                 "loop rate", "fidelity", "tokens/s", "ROUGE-L vs teacher", "speed vs teacher"):
         table.add_column(name, justify="left" if name == "model" else "right")
     for r in rows:
         table.add_row(r["label"], f"{r['parameters'] / 1e6:.1f}M", f"{r['size_on_disk_mb']:.0f}",
                       *(f"{r['rouge'][m]:.4f}" for m in benchmark.METRICS), f"{r['perplexity']:.2f}",
-                      f"{r['accuracy']:.3f}", f"{r['tokens_per_s']:.1f}",
+                      f"{r['accuracy']:.3f}", f"{r['loop_rate']:.0%}", f"{r['fidelity_rougeL']:.3f}",
+                      f"{r['tokens_per_s']:.1f}",
                       f"{r['rouge']['rougeL'] / t['rouge']['rougeL']:.0%}" if t["rouge"]["rougeL"] else "-",
                       f"{r['tokens_per_s'] / t['tokens_per_s']:.2f}x")
     ui.console.print(table, width=max(ui.console.width, 170))
@@ -262,13 +289,14 @@ def show(rows: list[dict], teacher: str) -> None:
 def markdown(rows: list[dict], teacher: str) -> str:
     """The table as Markdown, for README."""
     t = next(r for r in rows if r["label"] == teacher)
-    lines = ["| model | params | size | ROUGE-1 | ROUGE-2 | ROUGE-L | perplexity | accuracy | tokens/s | "
-             "ROUGE-L vs teacher | speed vs teacher |", "|---|" + "---:|" * 10]
+    lines = ["| model | params | size | ROUGE-1 | ROUGE-2 | ROUGE-L | perplexity | accuracy | loop rate | "
+             "fidelity | tokens/s | ROUGE-L vs teacher | speed vs teacher |", "|---|" + "---:|" * 12]
     for r in rows:
         retained = f"{r['rouge']['rougeL'] / t['rouge']['rougeL']:.0%}" if t["rouge"]["rougeL"] else "-"
         lines.append(f"| {r['label']} | {r['parameters'] / 1e6:.1f}M | {r['size_on_disk_mb']:.0f} MB | "
                      + " | ".join(f"{r['rouge'][m]:.3f}" for m in benchmark.METRICS)
-                     + f" | {r['perplexity']:.2f} | {r['accuracy']:.1%} | {r['tokens_per_s']:.1f} | {retained} | "
+                     + f" | {r['perplexity']:.2f} | {r['accuracy']:.1%} | {r['loop_rate']:.0%} | "
+                       f"{r['fidelity_rougeL']:.3f} | {r['tokens_per_s']:.1f} | {retained} | "
                        f"{r['tokens_per_s'] / t['tokens_per_s']:.2f}x |")
     return "\n".join(lines) + "\n"
 
@@ -313,6 +341,8 @@ def main() -> int:
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--student-lr", type=float, help="student learning rate (default: the preset's)")
     parser.add_argument("--student-steps", type=int, help="student steps (default: the preset's)")
+    parser.add_argument("--student-set", metavar="KEY=VALUE", action="append", default=[],
+                        help="a further RunConfig setting for the students (repeatable), e.g. divergence=jsd")
     parser.add_argument("--skip-baselines", action="store_true",
                         help="evaluate only the students (for variants; the baselines come from the main run)")
     args = parser.parse_args()
@@ -324,6 +354,7 @@ def main() -> int:
     student_lr = args.student_lr or preset.student_lr
     student_steps = args.student_steps or preset.student_steps
     alphas = [float(a) for a in args.alphas.split(",")]
+    extra = {key: coerce(key, value) for key, value in parse_overrides(args.student_set).items()}
     started = time.perf_counter()
     stage_seconds = {}
 
@@ -340,7 +371,7 @@ def main() -> int:
         out = work / f"student-alpha{alpha:g}{suffix}"
         clock = time.perf_counter()
         students.append((label, alpha, train(student_config(preset, train_file, out, teacher_dir, alpha,
-                                                             args.temperature, student_lr, student_steps), args.fresh)))
+                                                             args.temperature, student_lr, student_steps, extra), args.fresh)))
         stage_seconds[label] = round(time.perf_counter() - clock, 1)
 
     untrained_dir = save_untrained_student(teacher_dir, work, students[0][2].parent, args.fresh)
@@ -350,6 +381,7 @@ def main() -> int:
     evaluated += [(label, path) for label, _, path in students]
     clock = time.perf_counter()
     rows = [evaluate(label, path, heldout, preset) for label, path in evaluated]
+    add_fidelity(rows, teacher_generations(rows, work, teacher_dir, heldout, preset))
     stage_seconds["evaluation"] = round(time.perf_counter() - clock, 1)
     clock = time.perf_counter()
     if not args.skip_baselines:
@@ -359,7 +391,7 @@ def main() -> int:
     report = {
         "study": "quality_study", "preset": name, "settings": dataclasses.asdict(preset),
         "student_layers": STUDENT_LAYERS, "temperature": args.temperature, "student_lr": student_lr,
-        "student_steps": student_steps, "alphas": alphas, "tag": args.tag or None,
+        "student_steps": student_steps, "alphas": alphas, "tag": args.tag or None, "student_set": extra,
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                     "torch": torch.__version__, "python": platform.python_version()},

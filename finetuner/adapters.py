@@ -85,10 +85,10 @@ def adalora_config(cfg, model, total_steps: int) -> AdaLoraConfig:
 def apply_adapter(cfg, model, total_steps: int | None = None):
     """Wrap `model` in the run's adapter; only adapter weights stay trainable.
 
-    Fine-tuning uses cfg.method; a distillation student trained with LoRA uses plain LoRA.
+    Fine-tuning uses cfg.method; a distillation student uses LoRA, or QLoRA (student_training).
     For QLoRA, `model` must already be loaded quantised (models.load_model(quantization=...)).
     """
-    method = "lora" if cfg.is_distillation else cfg.method
+    method = ("qlora" if cfg.student_training == "qlora" else "lora") if cfg.is_distillation else cfg.method
     with warnings.catch_warnings():
         # peft reads `is_gradient_checkpointing`, which transformers 5 deprecated; harmless.
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)

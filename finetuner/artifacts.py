@@ -15,7 +15,6 @@ MODEL_DIR = "model"
 ADAPTER_DIR = "adapter"
 CHECKPOINTS_DIR = "checkpoints"
 STUDENT_LAYERS_FILE = "student_layers.json"  # which teacher layers a derived student kept
-TEACHER_HELDOUT_FILE = "teacher_heldout.jsonl"  # an API teacher's answers to the held-out rows (issue 11)
 SFT_BASELINE_DIR = "sft-baseline"  # the plainly fine-tuned student trained beside a distilled one
 
 

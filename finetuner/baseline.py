@@ -16,7 +16,9 @@ from finetuner.config import RunConfig
 
 def baseline_config(cfg: RunConfig) -> RunConfig:
     out = Path(cfg.output_dir) / artifacts.SFT_BASELINE_DIR
-    return dataclasses.replace(cfg, alpha=1.0, sft_baseline=False, output_dir=str(out))
+    # Cross-entropy alone: no divergence, hidden-state or on-policy term either.
+    return dataclasses.replace(cfg, alpha=1.0, hidden_state_weight=0.0, on_policy_fraction=0.0, sft_baseline=False,
+                               output_dir=str(out))
 
 
 def train_sft_baseline(cfg: RunConfig, resume: bool = False):

@@ -485,7 +485,9 @@ def read_heldout(out_dir: str | Path, limit: int) -> list[dict]:
 def teacher_answers(out_dir: str | Path, heldout: list[dict]) -> list[str] | None:
     """The teacher's answers to these held-out rows from OUT/teacher_heldout.jsonl ({"prompt",
     "response"} per line, written when the teacher is an API), or None when there is no such file."""
-    path = Path(out_dir) / artifacts.TEACHER_HELDOUT_FILE
+    from finetuner.teachers.generate import TEACHER_HELDOUT_FILE
+
+    path = Path(out_dir) / TEACHER_HELDOUT_FILE
     if not path.is_file():
         return None
     by_prompt = {}

@@ -17,7 +17,10 @@ BUILTIN_DATASET = "gsm8k"
 APPROACHES = ("fine-tuning", "distillation")
 METHODS = ("lora", "qlora", "adalora")
 QUANTIZATIONS = ("4bit", "8bit")
-STUDENT_TRAINING = ("full", "lora")
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")  # finetuner.losses.DIVERGENCES (kept import-free here)
+HIDDEN_STATE_LOSSES = ("mse", "cosine")
+STUDENT_TRAINING = ("full", "lora", "qlora")  # qlora: distillation_mode responses only
+DISTILLATION_MODES = ("logits", "responses", "hybrid")
 REPORT_TO = ("none", "tensorboard", "trackio", "wandb")
 
 
@@ -61,6 +64,32 @@ class RunConfig:
     upload: bool = False
     hub_repo: Optional[str] = None
     hub_private: bool = True
+    # What the student learns from (issue 13): the divergence, on-policy batches, hidden states
+    divergence: str = "forward_kl"
+    jsd_beta: float = 0.5  # TRL generalized_jsd_loss beta: 0 forward KL, 1 reverse KL
+    on_policy_fraction: float = 0.0  # GKD's lmbda: share of batches whose responses the student writes
+    on_policy_temperature: float = 1.0
+    on_policy_max_new_tokens: int = 128
+    hidden_state_weight: float = 0.0  # 0 = off
+    hidden_state_loss: str = "mse"
+    hidden_state_layers: str = "auto"  # or "student:teacher" decoder-layer pairs, e.g. "3:7,7:15"
+    # Teachers that write (issue 11): sequence-level distillation, API teachers, documents
+    distillation_mode: str = "logits"
+    teacher_api_base: Optional[str] = None  # an OpenAI-compatible endpoint; None = a local teacher
+    teacher_api_key_env: str = "OPENAI_API_KEY"  # the variable's name; the key itself is never stored
+    questions_per_chunk: int = 0  # > 0: the dataset is documents the teacher writes questions from
+    generation_max_new_tokens: int = 256
+    generation_temperature: float = 0.0  # 0 = greedy
+    generation_top_p: float = 1.0
+    generation_concurrency: int = 8  # API requests in flight at once
+    generation_batch_size: int = 8  # prompts per batch for a local teacher
+    generation_token_budget: Optional[int] = None  # spend cap: prompt + completion tokens, all requests
+    generation_on_budget: str = "train"  # when the cap is reached: train on what arrived, or stop
+    generation_system_prompt: Optional[str] = None
+    generation_drop_incomplete: bool = True  # drop empty responses and those cut off at the length limit
+    generation_timeout: float = 120.0  # seconds per API request
+    generation_max_retries: int = 4  # the openai client's retries (429 honouring Retry-After, 5xx, timeouts)
+    chunk_tokens: int = 512  # document chunk size for questions_per_chunk
     # Did it pay? (issue 15): a plain fine-tuning baseline, held-out evaluation, experiment tracking
     sft_baseline: bool = False  # distillation: also train the same student with alpha 1, benchmark both
     eval_steps: Optional[int] = None  # evaluate held-out loss every N steps; keep the best checkpoint
@@ -86,8 +115,13 @@ class RunConfig:
         return self.approach == "distillation"
 
     @property
+    def teacher_writes(self) -> bool:
+        """The teacher generates the training responses (sequence-level distillation)."""
+        return self.is_distillation and self.distillation_mode in ("responses", "hybrid")
+
+    @property
     def uses_lora(self) -> bool:
-        return self.student_training == "lora" if self.is_distillation else True
+        return self.student_training in ("lora", "qlora") if self.is_distillation else True
 
     def to_answers(self) -> dict[str, Any]:
         """Only the settings that apply to this approach, in question order."""
@@ -105,6 +139,8 @@ def default_for(key: str, answers: dict[str, Any]) -> Any:
     """The default of `key` given the answers so far (some defaults depend on the method)."""
     if key == "student_layers" and answers.get("student", BUILTIN_MODEL) != answers.get("teacher", BUILTIN_MODEL):
         return None
+    if key == "student" and answers.get("teacher_api_base"):
+        return BUILTIN_MODEL  # an API teacher has no weights to derive a student from
     if key == "student" and "teacher" in answers:
         return answers["teacher"]
     method = answers.get("method") if answers.get("approach", "fine-tuning") == "fine-tuning" else None
@@ -122,14 +158,38 @@ def applies(key: str, answers: Any) -> bool:
     if key in ("model", "method"):
         return not distill
     if key in ("teacher", "student", "student_layers", "student_training", "temperature", "alpha"):
+        return distill and not (key in ("temperature", "alpha") and get("distillation_mode") == "responses")
+    if key in ("distillation_mode", "teacher_api_base"):
         return distill
-    uses_lora = get("student_training", "full") == "lora" if distill else True
+    matches_logits = distill and get("distillation_mode", "logits") != "responses"  # the teacher's distributions
+    if key in ("divergence", "on_policy_fraction", "hidden_state_weight"):
+        return matches_logits
+    if key == "jsd_beta":
+        return matches_logits and get("divergence", "forward_kl") == "jsd"
+    if key in ("on_policy_temperature", "on_policy_max_new_tokens"):
+        return matches_logits and (get("on_policy_fraction", 0.0) or 0.0) > 0
+    if key in ("hidden_state_loss", "hidden_state_layers"):
+        return matches_logits and (get("hidden_state_weight", 0.0) or 0.0) > 0
+    if key == "teacher_api_key_env":
+        return distill and bool(get("teacher_api_base"))
+    if key.startswith("generation_") or key in ("questions_per_chunk", "chunk_tokens"):
+        writes = distill and get("distillation_mode", "logits") in ("responses", "hybrid")
+        if key in ("generation_concurrency", "generation_timeout", "generation_max_retries"):
+            return writes and bool(get("teacher_api_base"))
+        if key == "generation_batch_size":
+            return writes and not get("teacher_api_base")
+        if key == "generation_on_budget":
+            return writes and get("generation_token_budget") is not None
+        if key == "chunk_tokens":
+            return writes and (get("questions_per_chunk") or 0) > 0
+        return writes
+    uses_lora = get("student_training", "full") in ("lora", "qlora") if distill else True
     if key in ("lora_r", "lora_alpha", "lora_dropout"):
         return uses_lora and (distill or method in ("lora", "qlora"))
     if key == "merge_adapter":
         return uses_lora
     if key == "quantization":
-        return not distill and method == "qlora"
+        return get("student_training") == "qlora" if distill else method == "qlora"
     if key in ("adalora_init_r", "adalora_target_r"):
         return not distill and method == "adalora"
     if key in ("dataset_config", "dataset_split", "dataset_files"):
@@ -199,7 +259,9 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 def check_field(key: str, value: Any) -> str | None:
     """Why `value` is not allowed for `key`, or None when it is."""
     choices = {"approach": APPROACHES, "method": METHODS, "quantization": QUANTIZATIONS,
-               "student_training": STUDENT_TRAINING, "report_to": REPORT_TO}
+               "student_training": STUDENT_TRAINING, "divergence": DIVERGENCES,
+               "hidden_state_loss": HIDDEN_STATE_LOSSES, "distillation_mode": DISTILLATION_MODES,
+               "generation_on_budget": ("train", "stop"), "report_to": REPORT_TO}
     if key in choices and value not in choices[key]:
         return f"must be one of {', '.join(choices[key])} (got {value!r})"
     if value is None:
@@ -208,6 +270,19 @@ def check_field(key: str, value: Any) -> str | None:
         return f"must be greater than 0 (got {value})"
     if key == "alpha" and not 0 <= value <= 1:
         return f"must be between 0 and 1 (got {value})"
+    if key in ("jsd_beta", "on_policy_fraction") and not 0 <= value <= 1:
+        return f"must be between 0 and 1 (got {value})"
+    if key == "on_policy_temperature" and not value > 0:
+        return f"must be greater than 0 (got {value})"
+    if key == "hidden_state_weight" and not value >= 0:
+        return f"must be 0 (off) or more (got {value})"
+    if key == "hidden_state_layers":
+        from finetuner.objectives.layer_map import parse_layer_pairs
+
+        try:
+            parse_layer_pairs(value)
+        except ValueError as exc:
+            return str(exc)
     if key == "learning_rate" and not 0 < value < 1:
         return f"must be between 0 and 1, exclusive (got {value})"
     if key == "lora_dropout" and not 0 <= value < 1:
@@ -216,11 +291,30 @@ def check_field(key: str, value: Any) -> str | None:
         return f"must be in [0, 1) (got {value})"
     at_least_one = ("epochs", "batch_size", "gradient_accumulation", "max_samples", "lora_r", "lora_alpha",
                     "adalora_init_r", "adalora_target_r", "benchmark_samples", "max_new_tokens", "max_steps", "save_steps",
-                    "student_layers", "eval_steps", "early_stopping_patience")
+                    "student_layers", "on_policy_max_new_tokens", "eval_steps",
+                    "early_stopping_patience")
     if key in at_least_one and value < 1:
         return f"must be at least 1 (got {value})"
     if key == "max_length" and value < 16:
         return f"must be at least 16 tokens (got {value})"
+    if key == "generation_temperature" and not 0 <= value <= 2:
+        return f"must be between 0 and 2 (got {value}); 0 is greedy"
+    if key == "generation_top_p" and not 0 < value <= 1:
+        return f"must be in (0, 1] (got {value})"
+    if key in ("generation_max_new_tokens", "generation_concurrency", "generation_batch_size",
+               "generation_token_budget", "chunk_tokens") and value < 1:
+        return f"must be at least 1 (got {value})"
+    if key == "questions_per_chunk" and not 0 <= value <= 50:
+        return f"must be between 0 and 50 (got {value}); 0 means the dataset is not documents"
+    if key == "generation_max_retries" and not 0 <= value <= 20:
+        return f"must be between 0 and 20 (got {value})"
+    if key == "generation_timeout" and not value > 0:
+        return f"must be greater than 0 seconds (got {value})"
+    if key == "teacher_api_base" and not re.match(r"^https?://[^\s/]+", value):
+        return f"must be an http(s) URL such as http://127.0.0.1:8000/v1 (got {value!r})"
+    if key == "teacher_api_key_env" and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        return (f"must be the NAME of an environment variable, like OPENAI_API_KEY (got something else); "
+                "never put the key itself here")
     if key == "hub_repo" and not _REPO_ID.match(value):
         return f"must look like 'username/model-name' (got {value!r})"
     if key == "report_to" and value != "none":
@@ -254,8 +348,42 @@ def cross_check(cfg: Any) -> list[str]:
                             "keep fewer")
     if not distill and get("method") == "adalora" and get("adalora_target_r", 8) > get("adalora_init_r", 12):
         problems.append("adalora_target_r: must not exceed adalora_init_r")
+    if distill and (get("on_policy_fraction", 0.0) or 0.0) > 0 and get("teacher_cache", None):
+        # Issue 12's top-k cache holds the teacher's view of the dataset's own responses only.
+        problems.append("on_policy_fraction: on-policy batches are written by the student during training, and "
+                        "a teacher cache (teacher_cache) cannot score text it has never seen; set "
+                        "on_policy_fraction to 0 or turn the cache off to use a live teacher")
+    if distill and (get("hidden_state_weight", 0.0) or 0.0) > 0:
+        from finetuner.objectives.layer_map import layer_map, parse_layer_pairs
+        from finetuner.sources import layer_count
+
+        teacher_layers, student_layers = layer_count(get("teacher")), get("student_layers") or layer_count(get("student"))
+        try:
+            if parse_layer_pairs(get("hidden_state_layers", "auto")) and teacher_layers and student_layers:
+                layer_map(get("hidden_state_layers"), student_layers, teacher_layers)
+        except ValueError as exc:
+            problems.append(f"hidden_state_layers: {exc}")
+    if distill and get("teacher_api_base") and get("distillation_mode", "logits") != "responses":
+        problems.append(f"distillation_mode: {get('distillation_mode', 'logits')} needs the teacher's weights, "
+                        "and an API teacher only writes text; use distillation_mode responses")
+    if distill and get("student_training") == "qlora" and (get("distillation_mode") != "responses"
+                                                           or get("student_layers") is not None):
+        problems.append("student_training: qlora trains a 4/8-bit student on the teacher's responses; it needs "
+                        "distillation_mode responses and a whole student model (student_layers empty)")
+    if get("questions_per_chunk") and not (distill and get("distillation_mode") in ("responses", "hybrid")):
+        problems.append("questions_per_chunk: questions from documents need a teacher that writes "
+                        "(approach distillation, distillation_mode responses or hybrid)")
+    if get("dataset") and not get("questions_per_chunk"):
+        from finetuner.sources import is_documents
+
+        if is_documents(get("dataset")):
+            problems.append(f"dataset: {get('dataset')} is read as documents; set questions_per_chunk (e.g. 3) "
+                            "so the teacher writes questions from it")
     if get("eval_steps") is not None and get("eval_fraction", 0.1) == 0:
         problems.append("eval_steps: needs held-out rows to evaluate on; set eval_fraction above 0")
+    if distill and get("sft_baseline") and get("distillation_mode", "logits") != "logits":
+        problems.append("sft_baseline: compares plain fine-tuning with distillation from the teacher's logits; "
+                        "it needs distillation_mode logits")
     if get("early_stopping_patience") is not None and get("eval_steps") is None:
         problems.append("early_stopping_patience: counts evaluations, so it needs eval_steps too")
     if get("upload") and not get("hub_repo"):

@@ -16,7 +16,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from finetuner import ui
 from finetuner.formatting import has_chat_template, render_messages_prompt, render_prompt, response_suffix
@@ -72,17 +72,18 @@ class PreparedData:
 
 # ---- loading --------------------------------------------------------------------------------
 
-def load_rows(cfg: RunConfig) -> datasets.Dataset:
-    """The raw rows of the configured dataset, whatever it is."""
+def load_rows(cfg: RunConfig, dataset: str | None = None) -> datasets.Dataset:
+    """The raw rows of the configured dataset (or of `dataset`), whatever it is."""
     import datasets
 
     datasets.disable_progress_bars()  # "Generating train split" bars; finetuner reports what it loaded
-    kind = dataset_kind(cfg.dataset)
+    name = dataset or cfg.dataset
+    kind = dataset_kind(name)
     if kind == "builtin":
-        return _load_file(builtin_dataset_file(cfg.dataset))
+        return _load_file(builtin_dataset_file(name))
     if kind == "local":
-        return _load_file(Path(cfg.dataset).expanduser())
-    return _load_hub(cfg.dataset, cfg.dataset_config, cfg.dataset_split, cfg.dataset_files)
+        return _load_file(Path(name).expanduser())
+    return _load_hub(name, cfg.dataset_config, cfg.dataset_split, cfg.dataset_files)
 
 
 def _load_file(path: Path) -> datasets.Dataset:
@@ -427,9 +428,19 @@ def _heldout_row(example: dict) -> dict:
 
 # ---- the stage ------------------------------------------------------------------------------
 
-def prepare(cfg: RunConfig, tokenizer) -> PreparedData:
-    """Load, detect, clean, sample, tokenize and split the configured dataset."""
-    rows = load_rows(cfg)
+@dataclass
+class Split:
+    """Examples after selection and the held-out split, before any teacher rewrites responses."""
+    train: list[dict]  # tokenized: {"input_ids", "labels", "example"}
+    heldout: list[dict]
+    format: DataFormat
+    stats: dict[str, int]
+
+
+def split(cfg: RunConfig, tokenizer, dataset: str | None = None) -> Split:
+    """Load, detect, clean, sample, tokenize and split. Deterministic for a config, so a teacher can
+    write responses for exactly the prompts training will see. `dataset` overrides cfg.dataset."""
+    rows = load_rows(cfg, dataset)
     fmt = detect_format(rows)
     ui.info(f"Detected {fmt.description()}{' pairs' if fmt.kind == 'pairs' else ''} in {_rows(rows.num_rows)}")
 
@@ -437,8 +448,8 @@ def prepare(cfg: RunConfig, tokenizer) -> PreparedData:
     if dropped:
         ui.warning(f"Skipped {_rows(dropped)} with empty or missing {_needed(fmt)}")
     if not examples:
-        raise UserError(f"every row of {cfg.dataset} was skipped: all {rows.num_rows} have empty or missing "
-                        f"{_needed(fmt)}", hint="check that the file holds the data you expect")
+        raise UserError(f"every row of {dataset or cfg.dataset} was skipped: all {rows.num_rows} have empty or "
+                        f"missing {_needed(fmt)}", hint="check that the file holds the data you expect")
     if len(examples) < cfg.max_samples:
         ui.info(f"max_samples is {cfg.max_samples}, but only {_rows(len(examples))} can be used; using them all")
 
@@ -451,17 +462,35 @@ def prepare(cfg: RunConfig, tokenizer) -> PreparedData:
     if not encoded:
         raise UserError(f"every prompt is longer than max_length ({cfg.max_length} tokens)",
                         hint="raise max_length, or use shorter prompts")
-
+    # Which rows are held out depends on prompt lengths only, never on responses.
     n_eval = _eval_size(len(encoded), cfg.eval_fraction)
-    train, held = encoded[:len(encoded) - n_eval], encoded[len(encoded) - n_eval:]
     stats = {"rows_loaded": rows.num_rows, "dropped_empty": dropped, "rows_used": len(encoded),
-             "truncated": counts["truncated"], "dropped_too_long": counts["dropped_too_long"],
-             "train_rows": len(train), "eval_rows": len(held),
-             "train_label_tokens": _label_tokens(train), "eval_label_tokens": _label_tokens(held)}
+             "truncated": counts["truncated"], "dropped_too_long": counts["dropped_too_long"]}
+    return Split(encoded[:len(encoded) - n_eval], encoded[len(encoded) - n_eval:], fmt, stats)
+
+
+def prepare(cfg: RunConfig, tokenizer, dataset: str | None = None,
+            rewrite: Callable[[dict], dict | None] | None = None) -> PreparedData:
+    """The training and held-out data. `rewrite` replaces a training example's response (the
+    teacher's, in sequence-level distillation) or drops it (None); held-out references stay."""
+    parts = split(cfg, tokenizer, dataset)
+    train, held, stats = parts.train, parts.heldout, dict(parts.stats)
+    if rewrite is not None:
+        rewritten = [new for e in train if (new := rewrite(e["example"])) is not None]
+        if len(rewritten) < len(train):
+            ui.info(f"{_rows(len(train) - len(rewritten))} without a usable teacher response left out of training")
+        if not rewritten:
+            raise UserError("no training row has a usable teacher response",
+                            hint="read the generation cache in the output directory; lower the filters "
+                                 "(generation_drop_incomplete false) or raise generation_max_new_tokens")
+        train, counts = _tokenize(rewritten, False, tokenizer, cfg.max_length)
+        stats["truncated"] = counts["truncated"]
+    stats.update({"train_rows": len(train), "eval_rows": len(held),
+                  "train_label_tokens": _label_tokens(train), "eval_label_tokens": _label_tokens(held)})
     ui.info(f"{_rows(len(train))} to train on ({stats['train_label_tokens']} tokens counted in the loss), "
             f"{len(held)} held out")
-    heldout = [] if fmt.kind == "text" else [_heldout_row(e["example"]) for e in held]
-    return PreparedData(_to_dataset(train), _to_dataset(held), heldout, fmt, stats)
+    heldout = [] if parts.format.kind == "text" else [_heldout_row(e["example"]) for e in held]
+    return PreparedData(_to_dataset(train), _to_dataset(held), heldout, parts.format, stats)
 
 
 def _rows(count: int) -> str:

@@ -47,10 +47,14 @@ def models_to_compare(cfg: RunConfig, out_dir: Path) -> list[tuple]:
 
 
 def teacher_entry(cfg: RunConfig, out_dir: Path) -> tuple:
-    """The teacher's weights, or its answers when OUT/teacher_heldout.jsonl holds them (an API teacher)."""
+    """The teacher's weights, or its answers when OUT/teacher_heldout.jsonl holds them (an API
+    teacher has no weights here: it is scored from its cached held-out answers)."""
     answers = teacher_answers(out_dir, read_heldout(out_dir, cfg.benchmark_samples))
     if answers is not None:
-        return ("teacher", answers, None, None)
+        return ("teacher (API, cached answers)", answers, None, None)
+    if cfg.teacher_api_base:
+        raise ui.UserError(f"no cached teacher answers in {out_dir} to score the API teacher with",
+                           hint="rerun the generation (python finetune_cli.py --answers ... --resume)")
     return ("teacher", models.load_model(cfg.teacher), models.load_tokenizer(cfg.teacher), _on_disk(cfg.teacher))
 
 

@@ -200,8 +200,8 @@ def check_tokenizers_match(teacher_tok, student_tok) -> int:
     if problems:
         raise UserError("the teacher and student tokenizers differ, so the student can't learn the "
                         "teacher's token probabilities", details=problems,
-                        hint="pick a student from the teacher's model family (same tokenizer), "
-                             "or derive one from the teacher with student_layers")
+                        hint="use distillation_mode responses (the teacher writes answers; any tokenizer), "
+                             "pick a student from the teacher's family, or derive one with student_layers")
     return shared
 
 

@@ -11,7 +11,9 @@ from finetuner import ui
 
 def _describe(logs: dict, tokens_per_s: float | None) -> str:
     parts = [f"loss {logs['loss']:.4f}"] if "loss" in logs else []
-    parts += [f"{name} {logs[name]:.4f}" for name in ("ce", "kl") if name in logs]
+    parts += [f"{name} {logs[name]:.4f}" for name in ("ce", "kl", "hidden") if name in logs]
+    if "gen_len" in logs:  # on-policy: how long the student's own answers are (length collapse shows here)
+        parts.append(f"sampled {logs['gen_len']:.0f} tok")
     if tokens_per_s:
         parts.append(f"{tokens_per_s:,.0f} tok/s")
     return "  ".join(parts)

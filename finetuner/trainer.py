@@ -20,7 +20,8 @@ from finetuner import adapters, artifacts, disk, models, tracking, ui
 from finetuner.config import RunConfig
 from finetuner.data import PreparedData, make_collator, prepare
 from finetuner.interrupt import GracefulInterrupt
-from finetuner.losses import kd_loss_from_hidden
+from finetuner.objectives import trainer_settings as objective_settings
+from finetuner.losses import kd_loss_from_hidden, select_targets
 from finetuner.progress import ProgressReporter
 
 
@@ -34,31 +35,60 @@ class TrainResult:
 
 
 class DistillationTrainer(Trainer):
-    """loss = alpha * CE + (1 - alpha) * T^2 * KL(teacher || student) on response tokens."""
+    """loss = alpha * CE + (1 - alpha) * T^2 * D(teacher, student) on response tokens
+    (+ hidden_weight * the hidden-state term). On on-policy batches the tokens are the student's own
+    samples and the loss is T^2 * D alone: CE there would teach the student its own text."""
 
-    def __init__(self, *args, teacher, temperature: float, alpha: float, vocab_size: int | None, **kwargs):
+    def __init__(self, *args, teacher, temperature: float, alpha: float, vocab_size: int | None,
+                 divergence: str = "forward_kl", beta: float = 0.5, hidden=None, hidden_weight: float = 0.0,
+                 on_policy=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.teacher = teacher
         self.temperature = temperature
         self.alpha = alpha
         self.vocab_size = vocab_size
+        self.divergence, self.beta = divergence, beta
+        self.hidden = hidden if hidden_weight > 0 else None  # objectives.hidden_states.HiddenStateLoss
+        self.hidden_weight = hidden_weight
+        self.on_policy = on_policy  # objectives.on_policy.OnPolicySampler
         # Peak loss memory is about 6 x chunk x vocab x 4 bytes: keep it near 800 MB for any vocabulary.
         self.chunk_size = max(64, 2**25 // vocab_rows(teacher))
         # Our loss divides by num_items_in_batch itself, so ask the Trainer to count it and not
         # divide again by the accumulation steps.
         self.model_accepts_loss_kwargs = True
         self.loss_is_scaled_for_ga = True
-        self._parts = {"ce": 0.0, "kl": 0.0}
+        self._parts = dict.fromkeys(self._part_names(), 0.0)
         self._micro_batches = 0
         self._eval_parts = {"ce": 0.0, "kl": 0.0}
         self._eval_rows = 0
+        self._samples: list = []  # on-policy Samples since the last log
+
+    def _part_names(self) -> tuple[str, ...]:
+        return ("ce", "kl") + (("hidden",) if self.hidden is not None else ())
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        if self.hidden is not None and self.hidden.projections is not None \
+                and not any(p is q for g in optimizer.param_groups for p in g["params"]
+                            for q in self.hidden.parameters()):
+            # The projection trains with the student but is not part of it (never saved with it).
+            optimizer.add_param_group({"params": list(self.hidden.parameters()), "weight_decay": 0.0})
+        return optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        alpha = self.alpha
+        if model.training and self.on_policy is not None and self.on_policy.wants_batch():
+            with self.accelerator.autocast():
+                samples = self.on_policy.sample(self.accelerator.unwrap_model(model), inputs)
+            num_items_in_batch = _rescaled_count(num_items_in_batch, inputs["labels"], samples.inputs["labels"],
+                                                 self.args.gradient_accumulation_steps)
+            inputs, alpha = samples.inputs, 0.0
+            self._samples.append(samples)
         # accelerate applies mixed precision by wrapping model.forward; we call the decoder
         # directly, so enter the same autocast here (measured: 7.5 -> 4.3 s/step on 2 cores).
         with self.accelerator.autocast():
-            result = self._kd(model, inputs, num_items_in_batch)
-        loss = result.loss
+            result, hidden = self._kd(model, inputs, num_items_in_batch, alpha)
+        loss = result.loss if hidden is None else result.loss + self.hidden_weight * hidden
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             # num_items_in_batch was summed over processes; DDP averages gradients (as Trainer does).
             loss = loss * self.accelerator.num_processes
@@ -66,6 +96,8 @@ class DistillationTrainer(Trainer):
             # Normalised by the whole accumulated batch, micro-batch parts sum to the step's mean.
             self._parts["ce"] += float(result.ce)
             self._parts["kl"] += float(result.kl)
+            if hidden is not None:
+                self._parts["hidden"] = self._parts.get("hidden", 0.0) + float(hidden.detach())
             self._micro_batches += 1
         else:
             # Evaluation: each batch is its own mean; weigh by rows, as the Trainer does eval_loss.
@@ -76,28 +108,44 @@ class DistillationTrainer(Trainer):
         # An empty outputs dict: evaluation (prediction_loss_only) needs the loss alone.
         return (loss, {}) if return_outputs else loss
 
-    def _kd(self, model, inputs, num_items_in_batch):
+    def _kd(self, model, inputs, num_items_in_batch, alpha):
         student = _unwrap(self.accelerator.unwrap_model(model))
+        states = self.hidden is not None  # per-layer outputs only when matched: they cost memory
         # Hidden states only: each LM head then runs on counted positions alone, so neither model
         # ever produces [batch, length, vocab] logits.
-        student_hidden = student.get_decoder()(input_ids=inputs["input_ids"],
-                                               attention_mask=inputs["attention_mask"]).last_hidden_state
+        student_out = student.get_decoder()(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                            output_hidden_states=states)
         with torch.no_grad():
-            teacher_hidden = self.teacher.get_decoder()(input_ids=inputs["input_ids"],
-                                                        attention_mask=inputs["attention_mask"]).last_hidden_state
-        return kd_loss_from_hidden(student_hidden, teacher_hidden, student.get_output_embeddings(),
-                                   self.teacher.get_output_embeddings(), inputs["labels"],
-                                   temperature=self.temperature, alpha=self.alpha,
-                                   num_items_in_batch=num_items_in_batch, vocab_size=self.vocab_size,
-                                   chunk_size=self.chunk_size)
+            teacher_out = self.teacher.get_decoder()(input_ids=inputs["input_ids"],
+                                                     attention_mask=inputs["attention_mask"],
+                                                     output_hidden_states=states)
+        result = kd_loss_from_hidden(student_out.last_hidden_state, teacher_out.last_hidden_state,
+                                     student.get_output_embeddings(), self.teacher.get_output_embeddings(),
+                                     inputs["labels"], temperature=self.temperature, alpha=alpha,
+                                     num_items_in_batch=num_items_in_batch, vocab_size=self.vocab_size,
+                                     chunk_size=self.chunk_size, divergence=self.divergence, beta=self.beta)
+        if not states:
+            return result, None
+        mask, _ = select_targets(inputs["labels"])
+        mask = torch.nn.functional.pad(mask, (0, 1))  # [B, L]: the positions whose next label counts
+        total = self.hidden(student_out.hidden_states[1:], teacher_out.hidden_states[1:], mask)
+        count = mask.sum() if num_items_in_batch is None else num_items_in_batch
+        return result, total / torch.as_tensor(count, dtype=torch.float32, device=total.device).clamp_min(1)
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
         if self._micro_batches and "loss" in logs:
             steps = max(1, round(self._micro_batches / self.args.gradient_accumulation_steps))
             for name in self._parts:
                 logs[name] = round(self._parts[name] / steps, 4)
-            self._parts = {"ce": 0.0, "kl": 0.0}
+            if self.on_policy is not None:
+                logs["on_policy"] = round(len(self._samples) / self._micro_batches, 3)
+                if self._samples:  # length-collapse watch: how long the student's samples are
+                    logs["gen_len"] = round(sum(s.mean_length for s in self._samples) / len(self._samples), 1)
+                    logs["gen_capped"] = round(sum(s.capped for s in self._samples) / len(self._samples), 3)
+                    logs["gen_s"] = round(sum(s.seconds for s in self._samples) / steps, 2)  # per step
+            self._parts = dict.fromkeys(self._part_names(), 0.0)
             self._micro_batches = 0
+            self._samples = []
         if self._eval_rows and "eval_loss" in logs:  # eval_ce / eval_kl go on the loss curve too
             for name in self._eval_parts:
                 logs[f"eval_{name}"] = round(self._eval_parts[name] / self._eval_rows, 4)
@@ -133,6 +181,15 @@ def is_out_of_memory(exc: BaseException) -> bool:
         or "out of memory" in text.lower()
 
 
+def _rescaled_count(num_items_in_batch, old_labels, new_labels, accumulation: int):
+    """The denominator for a micro-batch whose labels were replaced: it keeps the micro-batch's share
+    of the accumulated step (its old count over the step's count) while averaging over its new tokens."""
+    if num_items_in_batch is None:
+        return None
+    old, new = int((old_labels[:, 1:] != -100).sum()), int((new_labels[:, 1:] != -100).sum())
+    return num_items_in_batch * new / old if old else max(new, 1) * accumulation
+
+
 def vocab_rows(model) -> int:
     return model.get_output_embeddings().weight.shape[0]
 
@@ -145,9 +202,10 @@ def _unwrap(model):
 class LLMFineTuner:
     """Fine-tuning (LoRA, QLoRA, AdaLoRA) and knowledge distillation from one RunConfig."""
 
-    def __init__(self, cfg: RunConfig, kept_layers: list[int] | None = None):
+    def __init__(self, cfg: RunConfig, teacher_data=None, kept_layers: list[int] | None = None):
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
+        self.teacher_data = teacher_data  # teachers.generate.TeacherData when the teacher wrote the responses
         self.kept_layers = kept_layers  # a derived student's layers, when they are already chosen
 
     # ---- public entry points ----------------------------------------------------------------
@@ -176,6 +234,8 @@ class LLMFineTuner:
         cfg = self.cfg
         set_seed(cfg.seed)
         checkpoint = self._checkpoint_to_resume(resume)
+        if cfg.distillation_mode == "responses":
+            return self._train_on_responses(checkpoint)
         teacher_tokenizer = models.load_tokenizer(cfg.teacher)
         student_tokenizer = teacher_tokenizer if cfg.student == cfg.teacher else models.load_tokenizer(cfg.student)
         vocab_size = models.check_tokenizers_match(teacher_tokenizer, student_tokenizer)
@@ -188,8 +248,8 @@ class LLMFineTuner:
         common = dict(args=self._training_args(), train_dataset=data.train, eval_dataset=self._eval_dataset(data),
                       data_collator=make_collator(student_tokenizer), processing_class=student_tokenizer,
                       callbacks=self._callbacks())
-        if cfg.alpha == 1:
-            # Plain fine-tuning of the student (the SFT baseline): the teacher's term weighs 0, so it is not loaded.
+        if cfg.alpha == 1 and not cfg.hidden_state_weight and not cfg.on_policy_fraction:
+            # Plain fine-tuning of the student (the SFT baseline): nothing uses the teacher, so it is not loaded.
             student = self._maybe_lora(student, data)
             trainer = Trainer(model=student, **common)
         else:
@@ -201,9 +261,33 @@ class LLMFineTuner:
                     f"student {models.count_parameters(student) / 1e6:.1f}M")
             student = self._maybe_lora(student, data)
             trainer = DistillationTrainer(model=student, teacher=teacher, temperature=cfg.temperature,
-                                          alpha=cfg.alpha, vocab_size=vocab_size, **common)
+                                          alpha=cfg.alpha, vocab_size=vocab_size, **common,
+                                          **objective_settings(cfg, student, teacher, student_tokenizer, self.out))
         return self._run(trainer, student_tokenizer, checkpoint, adapter=cfg.student_training == "lora",
                          base_name=None)
+
+    def _train_on_responses(self, checkpoint: str | None) -> TrainResult:
+        """Sequence-level distillation: plain CE on the teacher's responses; the teacher is not loaded."""
+        cfg = self.cfg
+        tokenizer = models.load_tokenizer(cfg.student)
+        disk.check_space(cfg)
+        quantized = cfg.student_training == "qlora"
+        if quantized and (why := adapters.quantization_available(cfg.quantization)):
+            raise ui.UserError(f"QLoRA {cfg.quantization} can't run here: {why}", hint="use student_training lora")
+        data = self._prepare_data(tokenizer)
+        if quantized:
+            ui.step(f"Loading student {cfg.student} ({cfg.quantization})")
+            student = models.load_model(cfg.student, quantization=cfg.quantization)
+        else:
+            student = self._load_student(data, tokenizer)
+        if cfg.uses_lora:
+            student = adapters.apply_adapter(cfg, student, self._total_steps(data))
+        _report_trainable(student)
+        trainer = Trainer(model=student, args=self._training_args(), train_dataset=data.train,
+                          eval_dataset=self._eval_dataset(data), data_collator=make_collator(tokenizer),
+                          processing_class=tokenizer, callbacks=self._callbacks())
+        return self._run(trainer, tokenizer, checkpoint, adapter=cfg.uses_lora,
+                         base_name=cfg.student if quantized else None)
 
     # ---- stages -----------------------------------------------------------------------------
 
@@ -217,6 +301,8 @@ class LLMFineTuner:
                                     f"--benchmark-only {self.out}")
         checkpoints = self.out / artifacts.CHECKPOINTS_DIR
         last = last_complete_checkpoint(checkpoints)
+        if last is None and self.cfg.teacher_writes:
+            return None  # --resume after an interrupted generation: training starts from the beginning
         if last is None:
             raise ui.UserError(f"no checkpoint to resume in {checkpoints}",
                                hint="run again without --resume to start from the beginning")
@@ -225,7 +311,9 @@ class LLMFineTuner:
 
     def _prepare_data(self, tokenizer) -> PreparedData:
         ui.step(f"Preparing dataset {self.cfg.dataset}")
-        data = prepare(self.cfg, tokenizer)
+        written = self.teacher_data
+        data = prepare(self.cfg, tokenizer, dataset=written.dataset if written else None,
+                       rewrite=written.rewrite if written else None)
         artifacts.write_heldout(self.out, data.heldout)
         return data
 
@@ -359,7 +447,8 @@ class LLMFineTuner:
         return model_dir
 
     def _merged(self, model, adapter_dir: Path, base_name: str | None):
-        if self.cfg.method == "qlora" and not self.cfg.is_distillation and base_name:
+        quantized = self.cfg.student_training == "qlora" if self.cfg.is_distillation else self.cfg.method == "qlora"
+        if quantized and base_name:
             # Merging into 4/8-bit weights would round the update away: merge into a full-precision base.
             from peft import PeftModel
 

@@ -89,7 +89,9 @@ def accept(question: Question, raw: Any, answers: Answers, checks: dict[str, Che
     except ValueError as exc:
         return None, str(exc)
     problem = check_field(question.key, value)
-    if problem is None and question.key in _MODEL_KEYS:
+    # A teacher behind an API is a model name at that endpoint, not something to find locally.
+    api_teacher = question.key == "teacher" and answers.get("teacher_api_base")
+    if problem is None and question.key in _MODEL_KEYS and not api_teacher:
         problem = check_model(value)
     if problem is None and question.key in checks:
         problem = checks[question.key](value)

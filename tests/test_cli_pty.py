@@ -66,8 +66,9 @@ def test_distillation_path_derives_a_student_and_revalidates_typed_values(tmp_pa
     child = spawn("--dry-run")
     answer(child, [
         ("Step 0", DOWN + ENTER),
+        ("OpenAI-compatible endpoint", ENTER),
         ("Teacher model", ENTER), ("Student model", ENTER), ("of its 30 decoder layers", type_text("10")),
-        ("Output directory", type_text(str(out))),
+        ("learn from the teacher", ENTER), ("Output directory", type_text(str(out))),
         ("Dataset", ENTER), ("How many samples", ENTER), ("Maximum sequence length", ENTER),
         ("Temperature", type_text("0")),
     ])
@@ -84,7 +85,7 @@ def test_distillation_path_derives_a_student_and_revalidates_typed_values(tmp_pa
     saved = yaml.safe_load((out / "finetuner-answers.yaml").read_text())
     assert saved["approach"] == "distillation" and saved["student_layers"] == 10
     assert saved["temperature"] == 3.0 and saved["alpha"] == 0.7 and saved["student_training"] == "lora"
-    assert "method" not in saved
+    assert "method" not in saved and saved["distillation_mode"] == "logits" and saved["teacher_api_base"] is None
 
 
 def test_partial_answers_file_asks_only_for_the_gaps(tmp_path):
@@ -182,3 +183,25 @@ def test_any_keystrokes_end_in_a_valid_plan_or_a_clear_exit(tmp_path, keys):
         assert "Error:" in output
     else:
         assert "Cancelled." in output
+
+
+def test_an_api_teacher_is_offered_responses_and_only_the_key_variable_name_is_saved(tmp_path):
+    out = tmp_path / "api"
+    child = spawn("--dry-run")
+    answer(child, [
+        ("Step 0", DOWN + ENTER),
+        ("OpenAI-compatible endpoint", type_text("http://127.0.0.1:8000/v1")), ("environment variable", ENTER),
+        ("Teacher model name at", type_text("gpt-teacher")), ("Student model", ENTER), ("decoder layers", ENTER),
+        ("learn from the teacher", ENTER), ("Output directory", type_text(str(out))),
+        ("Dataset", ENTER), ("How many samples", ENTER), ("Maximum sequence length", ENTER),
+        ("How should the student train", ENTER), ("Questions the teacher writes", ENTER),
+        ("Longest response", ENTER), ("sampling temperature", ENTER), ("Spend cap", type_text("5000")),
+        ("Epochs", ENTER), ("Batch size", ENTER), ("Learning rate", ENTER), ("accumulation", ENTER),
+        ("Benchmark", ENTER), ("held-out samples", ENTER), ("Upload", ENTER),
+    ])
+    output = finish(child)
+    assert child.exitstatus == 0, output
+    saved = yaml.safe_load((out / "finetuner-answers.yaml").read_text())
+    assert saved["distillation_mode"] == "responses" and saved["teacher"] == "gpt-teacher"
+    assert saved["teacher_api_key_env"] == "OPENAI_API_KEY" and saved["generation_token_budget"] == 5000
+    assert "temperature" not in saved and "alpha" not in saved

@@ -200,7 +200,8 @@ def test_fast_path_with_bf16_teacher_is_close():
     torch.testing.assert_close(fast.loss, ref.loss, atol=1e-3, rtol=1e-3)
 
 
-def test_fast_path_matches_reference_on_tiny_llamas(tiny_llama, tiny_llama_small, tokenizer):
+@pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl", "jsd"])
+def test_fast_path_matches_reference_on_tiny_llamas(tiny_llama, tiny_llama_small, tokenizer, divergence):
     from transformers import AutoModelForCausalLM
 
     teacher = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
@@ -209,7 +210,7 @@ def test_fast_path_matches_reference_on_tiny_llamas(tiny_llama, tiny_llama_small
                       return_tensors="pt")
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     labels[:, :3] = -100  # a prompt that does not count
-    kwargs = dict(temperature=2.0, alpha=0.5)
+    kwargs = dict(temperature=2.0, alpha=0.5, divergence=divergence, beta=0.5)
 
     def student_hidden():
         return student.get_decoder()(**batch).last_hidden_state
@@ -230,3 +231,81 @@ def test_fast_path_matches_reference_on_tiny_llamas(tiny_llama, tiny_llama_small
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     for a, b in zip(ref_grads, fast_grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+# ---- divergences (issue 13): the reference against TRL, the fast path against the reference -----
+
+DIVERGENCE_CASES = [("forward_kl", 0.5, 0.0), ("reverse_kl", 0.5, 1.0), ("jsd", 0.5, 0.5), ("jsd", 0.1, 0.1),
+                    ("jsd", 0.0, 0.0), ("jsd", 1.0, 1.0)]  # (divergence, jsd_beta, TRL's beta)
+
+
+@pytest.mark.parametrize("divergence,beta,trl_beta", DIVERGENCE_CASES)
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_divergence_equals_t_squared_times_trl(divergence, beta, trl_beta, temperature):
+    gkd = pytest.importorskip("trl.experimental.gkd")
+    student, teacher, labels = random_batch(vocab=17, seed=4)
+    ours = kd_loss(student, teacher, labels, temperature=temperature, alpha=0.0, divergence=divergence, beta=beta)
+    theirs = gkd.GKDTrainer.generalized_jsd_loss(student[:, :-1], teacher[:, :-1], labels[:, 1:], beta=trl_beta,
+                                                 temperature=temperature)
+    assert theirs.item() > 0
+    assert ours.loss.item() == pytest.approx(temperature ** 2 * theirs.item(), rel=1e-5)
+    assert ours.kl.item() == pytest.approx(theirs.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("divergence", ["reverse_kl", "jsd"])
+def test_divergence_zero_for_identical_and_all_masked(divergence):
+    student, teacher, labels = random_batch()
+    same = kd_loss(student, student.clone(), labels, alpha=0.0, divergence=divergence)
+    assert same.loss.item() == pytest.approx(0.0, abs=1e-6)
+    s = student.clone().requires_grad_()
+    masked = kd_loss(s, teacher, torch.full_like(labels, -100), divergence=divergence)
+    assert masked.loss.item() == 0.0
+    masked.loss.backward()
+    assert torch.equal(s.grad, torch.zeros_like(s))
+
+
+def test_unknown_divergence_and_beta_out_of_range_are_refused():
+    student, teacher, labels = random_batch()
+    with pytest.raises(ValueError, match="divergence"):
+        kd_loss(student, teacher, labels, divergence="wasserstein")
+    with pytest.raises(ValueError, match="beta"):
+        kd_loss(student, teacher, labels, divergence="jsd", beta=1.5)
+
+
+@pytest.mark.parametrize("divergence,beta", [("forward_kl", 0.5), ("reverse_kl", 0.5), ("jsd", 0.5),
+                                             ("jsd", 0.9), ("jsd", 1.0)])
+def test_fast_path_matches_reference_for_each_divergence(divergence, beta):
+    # Value and gradient (the hand-written backward) against autograd on the reference, in float64
+    # so that a wrong term in the derivation cannot hide under rounding.
+    torch.manual_seed(2)
+    batch, length, h_s, h_t, vocab = 3, 9, 8, 12, 11
+    student_head = torch.nn.Linear(h_s, vocab).double()
+    teacher_head = torch.nn.Linear(h_t, vocab + 5).double()
+    student_hidden = torch.randn(batch, length, h_s, dtype=torch.float64, requires_grad=True)
+    teacher_hidden = torch.randn(batch, length, h_t, dtype=torch.float64) * 2
+    labels = torch.randint(0, vocab, (batch, length))
+    labels[0, :4] = -100
+    labels[2, 6:] = -100
+    params = [student_hidden, student_head.weight, student_head.bias]
+    kwargs = dict(temperature=1.7, alpha=0.3, num_items_in_batch=40, vocab_size=vocab, divergence=divergence,
+                  beta=beta)
+
+    def reference():  # the reference computes in fp32; in float64 here it is the exact one
+        s = student_head(student_hidden)[:, :-1]
+        t = teacher_head(teacher_hidden)[:, :-1, :vocab]
+        mask = labels[:, 1:] != -100
+        from finetuner.losses import divergence_sum, jsd_beta
+
+        s, t, targets = s[mask], t[mask], labels[:, 1:][mask]
+        kl = divergence_sum(torch.log_softmax(s / 1.7, -1), torch.log_softmax(t / 1.7, -1), jsd_beta(divergence, beta))
+        ce = torch.nn.functional.cross_entropy(s, targets, reduction="sum")
+        return (0.3 * ce + 0.7 * 1.7 ** 2 * kl) / 40
+
+    ref = reference()
+    fast = kd_loss_from_hidden(student_hidden, teacher_hidden, student_head, teacher_head, labels,
+                               chunk_size=4, **kwargs)
+    fp32_ref = kd_loss(student_head(student_hidden), teacher_head(teacher_hidden), labels, **kwargs)
+    assert fast.loss.item() == pytest.approx(ref.item(), rel=1e-6)
+    assert fp32_ref.loss.item() == pytest.approx(ref.item(), rel=1e-6)
+    for a, b in zip(torch.autograd.grad(ref, params), torch.autograd.grad(fast.loss, params)):
+        torch.testing.assert_close(a, b.to(a.dtype), atol=1e-6, rtol=1e-5)

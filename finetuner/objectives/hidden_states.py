@@ -1,0 +1,61 @@
+"""Hidden-state distillation: the student's intermediate representations match the teacher's
+at the layer pairs of `finetuner.objectives.layer_map`.
+
+When the widths differ, a learned linear projection (student width -> teacher width, one per pair)
+trains with the student. It lives beside the model, in the optimizer only, so `save_pretrained`
+never writes it: the saved student is a plain model of its own architecture.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from finetuner.objectives.layer_map import LayerPairs, layer_map
+
+
+class HiddenStateLoss(nn.Module):
+    """Sum over counted positions of the per-position distance between (projected) student states and
+    teacher states, averaged over the layer pairs. The caller divides by the token count, as for CE.
+
+    `mse`: mean squared difference over the hidden dimension (scale-dependent: SmolLM2's residual
+    stream is large, so weights well below 1 suit it); `cosine`: 1 - cosine similarity (scale-free).
+    """
+
+    def __init__(self, pairs: LayerPairs, student_width: int, teacher_width: int, kind: str = "mse"):
+        super().__init__()
+        if kind not in ("mse", "cosine"):
+            raise ValueError(f"hidden_state_loss must be mse or cosine (got {kind!r})")
+        self.pairs = list(pairs)
+        self.kind = kind
+        # One projection per pair when the widths differ; none (identity) when they match.
+        self.projections = nn.ModuleList(nn.Linear(student_width, teacher_width, bias=False) for _ in self.pairs) \
+            if student_width != teacher_width else None
+
+    def forward(self, student_states: Iterable[Tensor], teacher_states: Iterable[Tensor], mask: Tensor) -> Tensor:
+        """`*_states`: each model's per-layer outputs (`hidden_states[1:]` of a decoder), [B, L, H] each;
+        `mask`: [B, L] bool, the positions that count."""
+        student_states, teacher_states = list(student_states), list(teacher_states)
+        total = 0.0
+        for index, (s, t) in enumerate(self.pairs):
+            student = student_states[s][mask].float()
+            teacher = teacher_states[t][mask].detach().float()
+            if self.projections is not None:
+                student = self.projections[index](student)
+            if self.kind == "mse":
+                distance = (student - teacher).pow(2).mean(dim=-1)
+            else:
+                distance = 1 - F.cosine_similarity(student, teacher, dim=-1)
+            total = total + distance.sum()
+        return total / max(len(self.pairs), 1)
+
+
+def build(spec: str, kind: str, student, teacher, kept: list[int] | None) -> HiddenStateLoss:
+    """The loss module for these two models (projection on the student's device, fp32)."""
+    pairs = layer_map(spec, student.config.num_hidden_layers, teacher.config.num_hidden_layers, kept)
+    module = HiddenStateLoss(pairs, student.config.hidden_size, teacher.config.hidden_size, kind)
+    return module.to(device=next(student.parameters()).device, dtype=torch.float32)
+

@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -96,18 +95,22 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--requests", type=int, default=48, help="requests per API concurrency level")
     parser.add_argument("--latency", type=float, default=0.25, help="the API server's seconds per reply")
+    parser.add_argument("--parts", default="local,api", help="which measurements: local, api or both")
+    parser.add_argument("--output", type=Path, help="where to write the JSON (default benchmarks/results/...)")
     args = parser.parse_args()
     import torch
 
     report = {"date": datetime.date.today().isoformat(), "machine": f"{os.cpu_count()} CPU cores, "
               f"{'GPU ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}",
               "python": platform.python_version(), "command": " ".join(["python"] + sys.argv),
-              "local": local(gsm8k_prompts(args.prompts), args.new_tokens, args.batch),
-              "api": api(args.requests, args.latency, (1, 4, 16)),
-              "settings": vars(args)}
-    one, many = report["local"]["batch 1"], report["local"][f"batch {args.batch}"]
-    report["local_speedup"] = round(many["prompts_per_s"] / one["prompts_per_s"], 2)
-    out = ROOT / "benchmarks" / "results" / f"generation_throughput-{report['date']}.json"
+              "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    if "local" in args.parts:
+        report["local"] = local(gsm8k_prompts(args.prompts), args.new_tokens, args.batch)
+        one, many = report["local"]["batch 1"], report["local"][f"batch {args.batch}"]
+        report["local_speedup"] = round(many["prompts_per_s"] / one["prompts_per_s"], 2)
+    if "api" in args.parts:
+        report["api"] = api(args.requests, args.latency, (1, 4, 16))
+    out = args.output or ROOT / "benchmarks" / "results" / f"generation_throughput-{report['date']}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     print(f"written to {out}")

@@ -47,28 +47,38 @@ def read_training_log(out_dir: Path) -> dict | None:
 
 
 def plot_loss(log_history: list[dict], path: Path) -> Path | None:
-    """Loss per step (and CE/KL when distilling) as a PNG."""
-    series = {name: [(e["step"], e[name]) for e in log_history if name in e and "step" in e]
-              for name in ("loss", "ce", "kl")}
-    series = {k: v for k, v in series.items() if v}
-    if not series:
+    """The training loss per step as a PNG, with the held-out loss (eval_loss) when there is one.
+    When distilling, CE, the divergence and the hidden-state term get panels of their own: they
+    live on different scales."""
+    def points(name: str) -> list[tuple[int, float]]:
+        return [(e["step"], e[name]) for e in log_history if name in e and "step" in e]
+
+    panels = [("loss", [("train", points("loss")), ("held-out", points("eval_loss"))]),
+              ("CE (hard labels)", [("train", points("ce")), ("held-out", points("eval_ce"))]),
+              ("divergence (kl)", [("train", points("kl")), ("held-out", points("eval_kl"))]),
+              ("hidden-state loss", [("train", points("hidden"))])]
+    panels = [(title, [(label, p) for label, p in lines if p]) for title, lines in panels]
+    panels = [(title, lines) for title, lines in panels if lines]
+    if not panels:
         return None
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers and CI
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, points in series.items():
-        ax.plot([s for s, _ in points], [v for _, v in points], label=name)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
-    ax.set_title("Training loss")
-    ax.legend()
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.6 * len(panels) + 0.6), sharex=True, squeeze=False)
+    for ax, (title, lines) in zip(axes[:, 0], panels):
+        for label, series in lines:
+            style = {"marker": "o"} if label == "held-out" else {}
+            ax.plot([s for s, _ in series], [v for _, v in series], label=label, **style)
+        ax.set_ylabel(title)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside the lines, never on them
+    axes[-1, 0].set_xlabel("optimizer step")
+    axes[0, 0].set_title("Training loss")
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    fig.savefig(tmp, dpi=100, bbox_inches="tight")  # keeps the legends beside the panels
     plt.close(fig)
     os.replace(tmp, path)
     return path

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import typing
+from pathlib import Path
 from dataclasses import dataclass, fields
 from typing import Any, Optional
 
@@ -64,6 +65,9 @@ class RunConfig:
     upload: bool = False
     hub_repo: Optional[str] = None
     hub_private: bool = True
+    # Teacher cache (issue 12): the teacher's top-k per counted position, written once to a directory
+    teacher_cache: Optional[str] = None
+    teacher_top_k: int = 64
     # What the student learns from (issue 13): the divergence, on-policy batches, hidden states
     divergence: str = "forward_kl"
     jsd_beta: float = 0.5  # TRL generalized_jsd_loss beta: 0 forward KL, 1 reverse KL
@@ -90,6 +94,10 @@ class RunConfig:
     generation_timeout: float = 120.0  # seconds per API request
     generation_max_retries: int = 4  # the openai client's retries (429 honouring Retry-After, 5xx, timeouts)
     chunk_tokens: int = 512  # document chunk size for questions_per_chunk
+    # Scaling out and memory (issue 14): recompute activations in backward instead of keeping them;
+    # a teacher loaded in 8/4 bits (only when asked: it changes the teacher's probabilities)
+    gradient_checkpointing: bool = False
+    teacher_quantization: Optional[str] = None
     # Did it pay? (issue 15): a plain fine-tuning baseline, held-out evaluation, experiment tracking
     sft_baseline: bool = False  # distillation: also train the same student with alpha 1, benchmark both
     eval_steps: Optional[int] = None  # evaluate held-out loss every N steps; keep the best checkpoint
@@ -157,10 +165,16 @@ def applies(key: str, answers: Any) -> bool:
     method = get("method", "lora")
     if key in ("model", "method"):
         return not distill
+    if key == "teacher_quantization":  # issue 14: a local teacher's weights only
+        return distill and not get("teacher_api_base")
     if key in ("teacher", "student", "student_layers", "student_training", "temperature", "alpha"):
         return distill and not (key in ("temperature", "alpha") and get("distillation_mode") == "responses")
     if key in ("distillation_mode", "teacher_api_base"):
         return distill
+    if key == "teacher_cache":  # a cache holds distributions: a local teacher's logits
+        return distill and get("distillation_mode", "logits") != "responses" and not get("teacher_api_base")
+    if key == "teacher_top_k":
+        return applies("teacher_cache", answers) and bool(get("teacher_cache"))
     matches_logits = distill and get("distillation_mode", "logits") != "responses"  # the teacher's distributions
     if key in ("divergence", "on_policy_fraction", "hidden_state_weight"):
         return matches_logits
@@ -196,8 +210,12 @@ def applies(key: str, answers: Any) -> bool:
         from finetuner.sources import dataset_kind
 
         return dataset_kind(get("dataset", BUILTIN_DATASET)) == "hub"
+    if key == "benchmark":  # plain text has no prompts and answers to score
+        from finetuner.sources import plain_text_dataset
+
+        return not plain_text_dataset(get("dataset", BUILTIN_DATASET))
     if key in ("benchmark_samples", "max_new_tokens"):
-        return bool(get("benchmark", True))
+        return bool(get("benchmark", True)) and applies("benchmark", answers)
     if key in ("hub_repo", "hub_private"):
         return bool(get("upload", False))
     if key == "sft_baseline":
@@ -262,6 +280,8 @@ def check_field(key: str, value: Any) -> str | None:
                "student_training": STUDENT_TRAINING, "divergence": DIVERGENCES,
                "hidden_state_loss": HIDDEN_STATE_LOSSES, "distillation_mode": DISTILLATION_MODES,
                "generation_on_budget": ("train", "stop"), "report_to": REPORT_TO}
+    if key == "teacher_quantization" and value is not None and value not in QUANTIZATIONS:
+        return f"must be one of {', '.join(QUANTIZATIONS)}, or empty for the teacher's own precision (got {value!r})"
     if key in choices and value not in choices[key]:
         return f"must be one of {', '.join(choices[key])} (got {value!r})"
     if value is None:
@@ -295,6 +315,10 @@ def check_field(key: str, value: Any) -> str | None:
                     "early_stopping_patience")
     if key in at_least_one and value < 1:
         return f"must be at least 1 (got {value})"
+    if key == "teacher_top_k" and not 1 <= value <= 4096:
+        return f"must be between 1 and 4096 (got {value}); 64 stores about 390 bytes a token"
+    if key == "teacher_cache" and (Path(value).expanduser().is_file()):
+        return f"{value} is a file; teacher_cache needs a directory"
     if key == "max_length" and value < 16:
         return f"must be at least 16 tokens (got {value})"
     if key == "generation_temperature" and not 0 <= value <= 2:
@@ -353,6 +377,14 @@ def cross_check(cfg: Any) -> list[str]:
         problems.append("on_policy_fraction: on-policy batches are written by the student during training, and "
                         "a teacher cache (teacher_cache) cannot score text it has never seen; set "
                         "on_policy_fraction to 0 or turn the cache off to use a live teacher")
+    if distill and get("teacher_cache") and get("distillation_mode", "logits") != "responses":
+        # Issue 12: the cache stores top-k log-probs for forward KL over k + 1 buckets, and no hidden states.
+        if get("divergence", "forward_kl") != "forward_kl":
+            problems.append(f"divergence: the teacher cache (teacher_cache) supports forward_kl only, not "
+                            f"{get('divergence')}; set divergence forward_kl or turn the cache off")
+        if (get("hidden_state_weight", 0.0) or 0.0) > 0:
+            problems.append("hidden_state_weight: the teacher cache holds top-k probabilities, not hidden states; "
+                            "set hidden_state_weight 0 or turn the cache off")
     if distill and (get("hidden_state_weight", 0.0) or 0.0) > 0:
         from finetuner.objectives.layer_map import layer_map, parse_layer_pairs
         from finetuner.sources import layer_count
@@ -373,11 +405,20 @@ def cross_check(cfg: Any) -> list[str]:
     if get("questions_per_chunk") and not (distill and get("distillation_mode") in ("responses", "hybrid")):
         problems.append("questions_per_chunk: questions from documents need a teacher that writes "
                         "(approach distillation, distillation_mode responses or hybrid)")
-    if get("dataset") and not get("questions_per_chunk"):
-        from finetuner.sources import is_documents
+    if get("dataset"):
+        from pathlib import Path
 
-        if is_documents(get("dataset")):
-            problems.append(f"dataset: {get('dataset')} is read as documents; set questions_per_chunk (e.g. 3) "
+        from finetuner.sources import DATA_EXTENSIONS, is_documents
+
+        dataset = get("dataset")
+        writes = distill and get("distillation_mode", "logits") in ("responses", "hybrid")
+        if is_documents(dataset) and not writes:
+            what = "a directory with no data files" if Path(dataset).expanduser().is_dir() else "a document"
+            problems.append(f"dataset: {dataset} is {what} ({', '.join(DATA_EXTENSIONS)}), only documents to "
+                            "read; give training rows, or let a teacher write questions from the documents "
+                            "(approach distillation, distillation_mode responses, questions_per_chunk 3)")
+        elif is_documents(dataset) and get("questions_per_chunk") == 0:  # None: not answered yet
+            problems.append(f"dataset: {dataset} is read as documents; set questions_per_chunk (e.g. 3) "
                             "so the teacher writes questions from it")
     if get("eval_steps") is not None and get("eval_fraction", 0.1) == 0:
         problems.append("eval_steps: needs held-out rows to evaluate on; set eval_fraction above 0")
@@ -397,4 +438,7 @@ def warnings_for(cfg: RunConfig) -> list[str]:
     if cfg.is_distillation and not 1 <= cfg.temperature <= 5:
         notes.append(f"temperature {cfg.temperature} is outside the usual 1-5; soft targets will be "
                      f"{'nearly one-hot' if cfg.temperature < 1 else 'nearly uniform'}")
+    if cfg.is_distillation and cfg.teacher_quantization:
+        notes.append(f"teacher_quantization {cfg.teacher_quantization}: the teacher's probabilities change "
+                     "slightly, so the student learns from a slightly worse teacher")
     return notes

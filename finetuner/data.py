@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from finetuner import ui
 from finetuner.formatting import has_chat_template, render_messages_prompt, render_prompt, response_suffix
-from finetuner.sources import builtin_dataset_file, dataset_kind
+from finetuner.sources import builtin_dataset_file, data_files_in, dataset_kind
 from finetuner.ui import UserError
 
 if TYPE_CHECKING:
@@ -82,8 +82,22 @@ def load_rows(cfg: RunConfig, dataset: str | None = None) -> datasets.Dataset:
     if kind == "builtin":
         return _load_file(builtin_dataset_file(name))
     if kind == "local":
-        return _load_file(Path(name).expanduser())
+        path = Path(name).expanduser()
+        return _load_folder(path) if path.is_dir() else _load_file(path)
     return _load_hub(name, cfg.dataset_config, cfg.dataset_split, cfg.dataset_files)
+
+
+def _load_folder(folder: Path) -> datasets.Dataset:
+    """A folder of data files of one type (a dataset's shards), read as one dataset."""
+    import datasets
+
+    try:
+        files = data_files_in(folder)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    parts = [_load_file(path) for path in files]  # each file checked and explained on its own
+    ui.info(f"Reading {len(files)} {files[0].suffix} files from {folder}")
+    return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
 
 def _load_file(path: Path) -> datasets.Dataset:

@@ -29,3 +29,27 @@ def render_messages_prompt(tokenizer, messages: list[dict]) -> str:
 def response_suffix(tokenizer) -> str:
     """What ends a response: the EOS token, so the model learns to stop."""
     return tokenizer.eos_token or ""
+
+
+def plain_chat_template(tokenizer) -> str:
+    """A chat template that writes exactly what `render_prompt` / `render_messages_prompt` write for
+    a tokenizer without one (and the leading BOS `encode_prompt` adds), so the saved model is
+    asked in the format it was trained on by `apply_chat_template`, chat UIs and the Hub."""
+    from finetuner.data import _leading_special_ids
+
+    bos = "{{ bos_token }}" if _leading_special_ids(tokenizer) else ""
+    newline = "{{ '\\n' }}"
+    return (
+        f"{bos}{{%- if messages | length == 1 and messages[0]['role'] == 'user' and add_generation_prompt -%}}"
+        f"{{{{ messages[0]['content'] }}}}{newline}"
+        "{%- else -%}"
+        f"{{%- for m in messages -%}}{{{{ m['role'] }}}}: {{{{ m['content'] }}}}{newline}{{%- endfor -%}}"
+        "{%- if add_generation_prompt -%}{{ 'assistant: ' }}{%- endif -%}"
+        "{%- endif -%}"
+    )
+
+
+def save_prompt_format(tokenizer) -> None:
+    """Give a tokenizer without a chat template the one training used (before saving it)."""
+    if not has_chat_template(tokenizer):
+        tokenizer.chat_template = plain_chat_template(tokenizer)

@@ -8,6 +8,7 @@ UserError with a hint. Cheap checks (tokenizers, configs) come before any weight
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import logging
@@ -66,6 +67,22 @@ def resolve_model_path(name: str) -> str:
     return str(target)
 
 
+@contextlib.contextmanager
+def _tqdm_only_on_a_terminal():
+    """transformers' GGUF conversion draws a tqdm bar unconditionally; piped into a log it becomes
+    carriage-return spam. tqdm's disable=None turns the bar off when stderr is not a terminal."""
+    import functools
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = gguf_utils.tqdm
+    gguf_utils.tqdm = functools.partial(bar, disable=None)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
+
+
 def _convert_builtin(name: str, target: Path) -> None:
     """Dequantise the built-in GGUF into a normal, saveable model directory, atomically."""
     from transformers import GgufConfig
@@ -74,9 +91,10 @@ def _convert_builtin(name: str, target: Path) -> None:
     ui.step(f"Preparing the built-in {name} (first use only, ~20 s)")
     # `gguf_file=` alone loads a model that save_pretrained refuses; dequantize=True gives a
     # plain fp32 model (Q4_1 blocks dequantise exactly in fp32, so fp32 is saved, not bf16).
-    model = AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True),
-        dtype=torch.float32)
+    with _tqdm_only_on_a_terminal():
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True),
+            dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -343,10 +361,10 @@ def load_model(name: str, dtype: torch.dtype | None = None, quantization: str | 
     return model
 
 
-def load_teacher(name: str, precision: Precision):
-    """The teacher in half precision, frozen, on the policy's device."""
-    model = load_model(name, dtype=precision.teacher_dtype, for_training=False)
-    return model.to(precision.device)
+def load_teacher(name: str, precision: Precision, quantization: str | None = None):
+    """The teacher in half precision (or 8/4-bit when asked, never silently), frozen, on the policy's device."""
+    model = load_model(name, dtype=precision.teacher_dtype, quantization=quantization, for_training=False)
+    return model if quantization else model.to(precision.device)  # bnb places quantised weights itself
 
 
 # ---- derived students -----------------------------------------------------------------------

@@ -10,8 +10,12 @@ from finetuner import ui
 
 
 def _describe(logs: dict, tokens_per_s: float | None) -> str:
-    parts = [f"loss {logs['loss']:.4f}"] if "loss" in logs else []
-    parts += [f"{name} {logs[name]:.4f}" for name in ("ce", "kl", "hidden") if name in logs]
+    parts = [f"epoch {logs['epoch']:.2f}"] if "epoch" in logs else []
+    if "learning_rate" in logs:
+        parts.append(f"lr {logs['learning_rate']:.2e}")
+    parts += [f"loss {logs['loss']:.4f}"] if "loss" in logs else []
+    parts += [f"{name.upper()} {logs[name]:.4f}" for name in ("ce", "kl") if name in logs]
+    parts += [f"hidden {logs['hidden']:.4f}"] if "hidden" in logs else []
     if "gen_len" in logs:  # on-policy: how long the student's own answers are (length collapse shows here)
         parts.append(f"sampled {logs['gen_len']:.0f} tok")
     if tokens_per_s:
@@ -20,7 +24,8 @@ def _describe(logs: dict, tokens_per_s: float | None) -> str:
 
 
 class ProgressReporter(TrainerCallback):
-    """Step, loss (CE and KL when distilling), counted tokens/s and ETA."""
+    """Step, elapsed time and ETA (labelled), epoch, learning rate, loss (CE and KL when distilling)
+    and counted tokens/s; the training time when it ends."""
 
     def __init__(self, interactive: bool | None = None, every: int | None = None):
         self.interactive = ui.is_interactive() if interactive is None else interactive
@@ -36,9 +41,11 @@ class ProgressReporter(TrainerCallback):
         self.first_step = state.global_step
         self.tokens_at_start = state.num_input_tokens_seen
         if self.interactive:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
 
-            self.progress = Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
+            self.progress = Progress(TextColumn("[bold]training"), BarColumn(bar_width=24), MofNCompleteColumn(),
+                                     TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("ETA"),
                                      TimeRemainingColumn(), TextColumn("{task.description}"),
                                      console=ui.console, transient=False)
             self.progress.start()
@@ -67,9 +74,13 @@ class ProgressReporter(TrainerCallback):
             done = state.global_step - self.first_step
             elapsed = time.perf_counter() - self.started
             eta = elapsed / done * (state.max_steps - state.global_step) if done else 0
-            ui.info(f"step {state.global_step}/{state.max_steps}  {text}  eta {eta:.0f}s")
+            ui.info(f"step {state.global_step}/{state.max_steps}  elapsed {elapsed:.0f}s  ETA {eta:.0f}s  {text}")
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+        from finetuner.summary import duration
+
+        ui.info(f"training took {duration(time.perf_counter() - self.started)} "
+                f"({state.global_step - self.first_step} steps)")

@@ -18,16 +18,23 @@ class Question:
     prompt: str | Callable[[Answers], str]
     kind: str = "text"  # text | select | confirm | secret
     choices: tuple[tuple[str, Any], ...] = ()  # (title, value)
-    help: str | None = None
+    help: str | Callable[[Answers], str] | None = None  # one line shown above the prompt
     ask: bool = True  # False: settable by file or --set only (advanced)
+    # True for settings added after answers files existed: a file without the key replays as it did
+    # before (the config default), instead of reporting it missing.
+    optional_in_files: bool = False
     secret: bool = False  # never written to an answers file
     default: Callable[[Answers], Any] | None = None  # overrides config.default_for
+    skip_note: str | None = None  # said on a terminal when the question does not apply
 
     def applies(self, answers: Answers) -> bool:
         return self.secret or applies(self.key, answers)
 
     def default_value(self, answers: Answers) -> Any:
         return self.default(answers) if self.default else default_for(self.key, answers)
+
+    def help_for(self, answers: Answers) -> str | None:
+        return self.help(answers) if callable(self.help) else self.help
 
     def text(self, answers: Answers) -> str:
         return self.prompt(answers) if callable(self.prompt) else self.prompt
@@ -57,6 +64,13 @@ def _default_questions(answers: Answers) -> int:
     return 3 if is_documents(answers.get("dataset", "")) else 0
 
 
+def _student_layers_help(answers: Answers) -> str:
+    if answers.get("student") == answers.get("teacher"):
+        return ("The teacher minus one block of layers (first and last kept), the block chosen by loss on "
+                "your data. Half the layers is a common start.")
+    return "Fewer layers make a smaller, faster student; Enter trains the student model as it is."
+
+
 def _student_layers_prompt(answers: Answers) -> str:
     if answers.get("student") == answers.get("teacher"):
         total = layer_count(answers["teacher"])
@@ -79,57 +93,96 @@ QUESTIONS: tuple[Question, ...] = (
     Question("method", "Method", "select",
              (("LoRA: small trainable adapters on a frozen model", "lora"),
               ("QLoRA: LoRA on a 4/8-bit quantised model (least memory)", "qlora"),
-              ("AdaLoRA: LoRA that moves rank to where it helps", "adalora"))),
+              ("AdaLoRA: LoRA that moves rank to where it helps", "adalora")),
+             help="LoRA is the usual choice; QLoRA when memory is tight; AdaLoRA to let rank follow the data."),
     # Teachers that write (issue 11): where the teacher lives, asked before its name.
     Question("teacher_api_base", "Teacher behind an OpenAI-compatible endpoint? Its base URL (Enter: a local teacher)",
+             optional_in_files=True,
              help="e.g. http://127.0.0.1:8000/v1 for vLLM, llama.cpp, Ollama or `transformers serve`; "
                   "an API teacher writes responses, it gives no logits"),
     Question("teacher_api_key_env", "Name of the environment variable holding the API key",
              help="only the variable's name is saved; the key is never asked for, printed or written"),
     Question("teacher", _teacher_prompt, help=_MODELS_HINT),
     Question("student", "Student model (Enter derives it from the teacher)", help=_MODELS_HINT),
-    Question("student_layers", _student_layers_prompt, default=_half_of_teacher,
-             help="The teacher minus one block of layers (first and last kept), the block chosen by loss on your data."),
+    Question("student_layers", _student_layers_prompt, default=_half_of_teacher, help=_student_layers_help),
     Question("distillation_mode", "What should the student learn from the teacher?", "select",
              (("logits: match the teacher's token probabilities (teacher weights, same tokenizer; richest signal)",
                "logits"),
               ("responses: fine-tune on answers the teacher writes (any teacher: API, other tokenizer)", "responses"),
               ("hybrid: the teacher writes answers, then logits distillation on them (weights, same tokenizer)",
                "hybrid")),
-             default=_default_mode),
-    Question("output_dir", "Output directory"),
+             default=_default_mode, optional_in_files=True),
+    Question("output_dir", "Output directory",
+             help="Where the model, checkpoints, logs and benchmark go (Tab completes paths)."),
     Question("dataset", "Dataset", help=_DATA_HINT),
-    Question("dataset_config", "Dataset config name (Enter for none)"),
-    Question("dataset_split", "Dataset split"),
-    Question("dataset_files", "Data files pattern within the dataset (Enter for all)"),
-    Question("max_samples", "How many samples to use"),
-    Question("max_length", "Maximum sequence length (tokens)"),
-    Question("temperature", "Temperature (softens both models' distributions; usually 1-5)"),
-    Question("alpha", "Alpha (weight of the hard-label loss; 1 = plain fine-tuning, 0 = pure distillation)"),
+    Question("dataset_config", "Dataset config name (Enter for none)",
+             help="The dataset's configuration (subset) name, as on its Hub page; most datasets have none."),
+    Question("dataset_split", "Dataset split",
+             help="Which split to train on (train, test, ...); finetuner holds part of it out itself."),
+    Question("dataset_files", "Data files pattern within the dataset (Enter for all)",
+             help="A glob such as data/train-*.parquet to read only some of the dataset's files."),
+    Question("max_samples", "How many samples to use",
+             help="Rows to use, picked at random (seeded); fewer rows train faster. 10% is held out."),
+    Question("max_length", "Maximum sequence length (tokens)",
+             help="Rows longer than this are cut; longer fits more text but costs memory and time."),
+    Question("temperature", "Temperature (softens both models' distributions; usually 1-5)",
+             help="Higher spreads the teacher's probabilities, so the student learns more than its top "
+                  "choice; 2 is typical."),
+    Question("alpha", "Alpha (weight of the hard-label loss; 1 = plain fine-tuning, 0 = pure distillation)",
+             help="0.5 mixes both; lower trusts the teacher more than the dataset's answers."),
     Question("student_training", "How should the student train?", "select",
              (("All weights (best quality)", "full"), ("LoRA adapters (less memory)", "lora"),
-              ("QLoRA: LoRA on a 4/8-bit student (least memory; responses mode)", "qlora"))),
+              ("QLoRA: LoRA on a 4/8-bit student (least memory; responses mode)", "qlora")),
+             help="All weights learn the most; LoRA trains small adapters and needs far less memory."),
     Question("questions_per_chunk", "Questions the teacher writes per document chunk (0: the data has prompts)",
-             default=_default_questions),
-    Question("generation_max_new_tokens", "Longest response the teacher may write (tokens)"),
-    Question("generation_temperature", "Teacher sampling temperature (0 = greedy, reproducible)"),
-    Question("generation_token_budget", "Spend cap in tokens, prompts + responses (Enter: no cap)"),
-    Question("lora_r", "LoRA rank r"),
-    Question("lora_alpha", "LoRA alpha"),
-    Question("lora_dropout", "LoRA dropout"),
+             default=_default_questions, optional_in_files=True),
+    Question("generation_max_new_tokens", "Longest response the teacher may write (tokens)", optional_in_files=True),
+    Question("generation_temperature", "Teacher sampling temperature (0 = greedy, reproducible)",
+             optional_in_files=True),
+    Question("generation_token_budget", "Spend cap in tokens, prompts + responses (Enter: no cap)",
+             optional_in_files=True),
+    # Teacher cache (issue 12)
+    Question("teacher_cache", "Cache the teacher's top-k outputs in a directory, reused by every epoch and "
+                              "later run (Enter for none)", optional_in_files=True,
+             help="The teacher then runs once; a complete cache trains students without loading the teacher."),
+    Question("teacher_top_k", "Teacher entries kept per token", ask=False),
+    Question("lora_r", "LoRA rank r",
+             help="Adapter rank: higher learns more but trains more parameters; 8-16 is typical."),
+    Question("lora_alpha", "LoRA alpha",
+             help="Scales the adapter's update (effective scale alpha/r); usually 2-4 times r."),
+    Question("lora_dropout", "LoRA dropout",
+             help="Dropout on the adapter's input; 0.05-0.1 helps against overfitting small data."),
     Question("quantization", "Quantisation", "select",
-             (("4-bit NF4 (least memory)", "4bit"), ("8-bit", "8bit"))),
-    Question("adalora_init_r", "AdaLoRA initial rank"),
-    Question("adalora_target_r", "AdaLoRA target (average) rank"),
-    Question("epochs", "Epochs"),
-    Question("batch_size", "Batch size"),
-    Question("learning_rate", "Learning rate"),
-    Question("gradient_accumulation", "Gradient accumulation steps"),
-    Question("benchmark", "Benchmark with ROUGE on held-out data after training?", "confirm"),
-    Question("benchmark_samples", "How many held-out samples to benchmark"),
-    Question("upload", "Upload the result to the Hugging Face Hub?", "confirm"),
-    Question("hub_repo", "Hub repository id (username/model-name)"),
-    Question("hub_private", "Make the repository private?", "confirm"),
+             (("4-bit NF4 (least memory)", "4bit"), ("8-bit", "8bit")),
+             help="4-bit uses the least memory; 8-bit is a little more accurate."),
+    Question("adalora_init_r", "AdaLoRA initial rank",
+             help="Rank every adapter starts with before AdaLoRA moves rank around."),
+    Question("adalora_target_r", "AdaLoRA target (average) rank",
+             help="Average rank AdaLoRA ends with; must not exceed the initial rank."),
+    Question("epochs", "Epochs",
+             help="Passes over the training rows; 1-3 is typical, more risks memorising small data."),
+    Question("batch_size", "Batch size",
+             help="Rows per forward pass; lower it if memory runs out."),
+    Question("learning_rate", "Learning rate",
+             help="Step size; 2e-4 suits LoRA, full-weight training usually wants 1e-5 to 5e-5."),
+    Question("gradient_accumulation", "Gradient accumulation steps",
+             help="Batches summed per optimizer step: effective batch = batch size x this."),
+    Question("benchmark", "Benchmark with ROUGE on held-out data after training?", "confirm",
+             help="Scores base vs fine-tuned (or teacher vs student) on rows never trained on.",
+             skip_note="Benchmark skipped: the dataset is plain text, with no prompts and answers to score."),
+    Question("benchmark_samples", "How many held-out samples to benchmark",
+             help="Held-out rows each model answers; more is steadier but slower."),
+    Question("upload", "Upload the result to the Hugging Face Hub?", "confirm",
+             help="Needs a Hugging Face token with write access; you can also upload later with --upload-only."),
+    Question("hub_repo", "Hub repository id (username/model-name)",
+             help="username/model-name (or org/model-name); created if it does not exist."),
+    Question("hub_private", "Make the repository private?", "confirm",
+             help="A private repository is visible only to you (and your organisation)."),
+    # Scaling out and memory (issue 14).
+    Question("gradient_checkpointing", "Use gradient checkpointing (about a third slower, far less activation memory)?",
+             "confirm", ask=False),
+    Question("teacher_quantization", "Load the teacher in 8 or 4 bits (less memory, a slightly worse teacher)?",
+             "select", (("No: its own precision", None), ("8-bit", "8bit"), ("4-bit NF4", "4bit")), ask=False),
     # Did it pay? (issue 15): answers file or --set only.
     Question("sft_baseline", "Also train the same student by plain fine-tuning, to compare", "confirm", ask=False),
     Question("eval_steps", "Evaluate held-out loss every this many steps (keeps the best checkpoint)", ask=False),

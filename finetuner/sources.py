@@ -6,6 +6,7 @@ answers instantly and fail before anything slow happens.
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import json
 import os
@@ -57,7 +58,10 @@ def check_dataset(name: str) -> str | None:
         path = Path(name).expanduser()
         if path.is_dir():
             if not document_files(path):
-                return f"{name} is a folder with no {' or '.join(DOCUMENT_EXTENSIONS)} documents in it"
+                try:
+                    data_files_in(path)
+                except ValueError as exc:
+                    return str(exc)
             return None
         if path.suffix.lower() not in DATA_EXTENSIONS + DOCUMENT_EXTENSIONS:
             return f"unsupported file type {path.suffix or '(none)'!r}; use one of {', '.join(DATA_EXTENSIONS)}"
@@ -77,9 +81,57 @@ def document_files(path: Path) -> list[Path]:
 
 
 def is_documents(name: str) -> bool:
-    """A folder or a Markdown file can only be documents (a .txt file may be either)."""
+    """A Markdown file, or a folder with Markdown or text documents and no structured data files, can
+    only be documents (a .txt file may be either; a folder of .json/.jsonl/.csv/.parquet is a dataset's shards)."""
     path = Path(name).expanduser()
-    return dataset_kind(name) == "local" and (path.is_dir() or path.suffix.lower() == ".md")
+    if dataset_kind(name) != "local":
+        return False
+    if path.is_dir():
+        structured = [p for p in path.iterdir() if p.suffix.lower() in DATA_EXTENSIONS and p.suffix.lower() != ".txt"]
+        return bool(document_files(path)) and not structured
+    return path.suffix.lower() == ".md"
+
+
+def plain_text_dataset(name: str) -> bool:
+    """Whether a local dataset is plain text (nothing to benchmark), judged from its first record only."""
+    path = Path(name).expanduser()
+    if dataset_kind(name) != "local" or not path.exists():
+        return False
+    if path.is_dir():
+        try:
+            path = data_files_in(path)[0]
+        except ValueError:
+            return False
+    if path.suffix.lower() == ".txt":
+        return True
+    try:
+        with path.open(encoding="utf-8") as handle:
+            first = handle.readline()
+        if path.suffix.lower() == ".jsonl":
+            columns = set(json.loads(first)) if first.strip() else set()
+        elif path.suffix.lower() == ".csv":
+            columns = {c.strip() for c in first.split(",")}
+        else:
+            return False
+    except (OSError, ValueError, TypeError):
+        return False
+    from finetuner.data import CHAT_COLUMNS, PAIR_COLUMNS, TEXT_COLUMNS
+
+    lower = {c.lower() for c in columns}
+    paired = any(p in lower and r in lower for p, _, r in PAIR_COLUMNS) or bool(lower & set(CHAT_COLUMNS))
+    return not paired and bool(lower & set(TEXT_COLUMNS))
+
+
+def data_files_in(folder: Path) -> list[Path]:
+    """The data files of a folder given as the dataset: all of one supported type (its shards)."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in DATA_EXTENSIONS)
+    types = sorted({p.suffix.lower() for p in files})
+    if not files:
+        raise ValueError(f"{folder} is a directory with no {'/'.join(DATA_EXTENSIONS)} files in it; "
+                         "give a data file, or a folder of them")
+    if len(types) > 1:
+        raise ValueError(f"{folder} mixes {', '.join(types)} files; give one file, or a folder of one type")
+    return files
 
 
 def builtin_dataset_file(name: str) -> Path:
@@ -118,7 +170,31 @@ def check_model(name: str) -> str | None:
         return None
     if not _HUB_ID.match(name):
         return f"{name!r} is neither a built-in ({', '.join(BUILTIN_MODELS)}), a local directory, nor a Hub id"
+    if hub_offline() and not _in_hub_cache(name):
+        close = difflib.get_close_matches(name, [*BUILTIN_MODELS, *_local_model_dirs()], n=1, cutoff=0.6)
+        suggestion = f"; did you mean {close[0]!r}?" if close else ""
+        return (f"{name!r} is not a built-in or local model, and HF_HUB_OFFLINE is set so it can't be "
+                f"downloaded (it is not in the local Hub cache){suggestion}")
     return None
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub reads it."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
+def _local_model_dirs(root: Path = Path("."), depth: int = 2) -> list[str]:
+    """Model folders (with a config.json) near the current directory, for "did you mean"."""
+    found = []
+    for pattern in ("*/config.json", "*/*/config.json")[:depth]:
+        found += [str(p.parent) for p in root.glob(pattern)]
+    return found
 
 
 def builtin_model_file(name: str) -> Path:

@@ -16,13 +16,17 @@ from pathlib import Path
 import torch
 from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 
-from finetuner import adapters, artifacts, disk, models, tracking, ui
-from finetuner.config import RunConfig
+from finetuner import adapters, artifacts, disk, distributed, models, tracking, ui
+from finetuner.config import RunConfig, applies
 from finetuner.data import PreparedData, make_collator, prepare
+from finetuner.formatting import save_prompt_format
 from finetuner.interrupt import GracefulInterrupt
 from finetuner.objectives import trainer_settings as objective_settings
 from finetuner.losses import kd_loss_from_hidden, select_targets
+from finetuner.objectives.topk import TeacherEntries, topk_kd_loss_from_hidden
+from finetuner.teachers import topk_cache
 from finetuner.progress import ProgressReporter
+from finetuner.rank_trace import RankTrace
 
 
 @dataclass
@@ -41,9 +45,10 @@ class DistillationTrainer(Trainer):
 
     def __init__(self, *args, teacher, temperature: float, alpha: float, vocab_size: int | None,
                  divergence: str = "forward_kl", beta: float = 0.5, hidden=None, hidden_weight: float = 0.0,
-                 on_policy=None, **kwargs):
+                 on_policy=None, teacher_cache=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.teacher = teacher
+        self.teacher_cache = teacher_cache  # a TopKCache: the teacher's top-k read from disk, no teacher model
         self.temperature = temperature
         self.alpha = alpha
         self.vocab_size = vocab_size
@@ -52,7 +57,7 @@ class DistillationTrainer(Trainer):
         self.hidden_weight = hidden_weight
         self.on_policy = on_policy  # objectives.on_policy.OnPolicySampler
         # Peak loss memory is about 6 x chunk x vocab x 4 bytes: keep it near 800 MB for any vocabulary.
-        self.chunk_size = max(64, 2**25 // vocab_rows(teacher))
+        self.chunk_size = max(64, 2**25 // vocab_rows(teacher or self.model))
         # Our loss divides by num_items_in_batch itself, so ask the Trainer to count it and not
         # divide again by the accumulation steps.
         self.model_accepts_loss_kwargs = True
@@ -84,8 +89,8 @@ class DistillationTrainer(Trainer):
                                                  self.args.gradient_accumulation_steps)
             inputs, alpha = samples.inputs, 0.0
             self._samples.append(samples)
-        # accelerate applies mixed precision by wrapping model.forward; we call the decoder
-        # directly, so enter the same autocast here (measured: 7.5 -> 4.3 s/step on 2 cores).
+        # accelerate applies mixed precision by wrapping model.forward, but the LM heads and the
+        # teacher run outside it: enter the same autocast here (measured: 7.5 -> 4.3 s/step on 2 cores).
         with self.accelerator.autocast():
             result, hidden = self._kd(model, inputs, num_items_in_batch, alpha)
         loss = result.loss if hidden is None else result.loss + self.hidden_weight * hidden
@@ -112,9 +117,17 @@ class DistillationTrainer(Trainer):
         student = _unwrap(self.accelerator.unwrap_model(model))
         states = self.hidden is not None  # per-layer outputs only when matched: they cost memory
         # Hidden states only: each LM head then runs on counted positions alone, so neither model
-        # ever produces [batch, length, vocab] logits.
-        student_out = student.get_decoder()(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                                            output_hidden_states=states)
+        # ever produces [batch, length, vocab] logits. The student runs through `model`, the
+        # DDP/FSDP wrapper, which synchronises its gradients; the teacher is frozen and unwrapped.
+        student_out = distributed.decoder_outputs(model, inputs["input_ids"], inputs["attention_mask"],
+                                                  output_hidden_states=states)
+        if self.teacher_cache is not None:  # the teacher's top-k read from disk; forward KL only (config.py)
+            entries = self.teacher_cache.entries_for_batch(inputs[topk_cache.ROW_INDEX], inputs["labels"])
+            return topk_kd_loss_from_hidden(student_out.last_hidden_state, student.get_output_embeddings(),
+                                            inputs["labels"], TeacherEntries(*(t.to(student_out.last_hidden_state.device)
+                                                                               for t in entries)),
+                                            vocab_size=self.vocab_size, temperature=self.temperature, alpha=alpha,
+                                            num_items_in_batch=num_items_in_batch, chunk_size=self.chunk_size), None
         with torch.no_grad():
             teacher_out = self.teacher.get_decoder()(input_ids=inputs["input_ids"],
                                                      attention_mask=inputs["attention_mask"],
@@ -135,8 +148,12 @@ class DistillationTrainer(Trainer):
     def log(self, logs: dict, start_time: float | None = None) -> None:
         if self._micro_batches and "loss" in logs:
             steps = max(1, round(self._micro_batches / self.args.gradient_accumulation_steps))
-            for name in self._parts:
-                logs[name] = round(self._parts[name] / steps, 4)
+            parts = self._parts
+            if self.accelerator.num_processes > 1:  # each rank holds its share of the global mean
+                summed = self.accelerator.reduce(torch.tensor(list(parts.values()), device=self.args.device), "sum")
+                parts = dict(zip(parts, summed.tolist()))
+            for name in parts:
+                logs[name] = round(parts[name] / steps, 4)
             if self.on_policy is not None:
                 logs["on_policy"] = round(len(self._samples) / self._micro_batches, 3)
                 if self._samples:  # length-collapse watch: how long the student's samples are
@@ -202,10 +219,12 @@ def _unwrap(model):
 class LLMFineTuner:
     """Fine-tuning (LoRA, QLoRA, AdaLoRA) and knowledge distillation from one RunConfig."""
 
-    def __init__(self, cfg: RunConfig, teacher_data=None, kept_layers: list[int] | None = None):
+    def __init__(self, cfg: RunConfig, teacher_data=None, prepared: PreparedData | None = None,
+                 kept_layers: list[int] | None = None):
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         self.teacher_data = teacher_data  # teachers.generate.TeacherData when the teacher wrote the responses
+        self.prepared = prepared  # the data the plan's checks already prepared, if any
         self.kept_layers = kept_layers  # a derived student's layers, when they are already chosen
 
     # ---- public entry points ----------------------------------------------------------------
@@ -234,37 +253,82 @@ class LLMFineTuner:
         cfg = self.cfg
         set_seed(cfg.seed)
         checkpoint = self._checkpoint_to_resume(resume)
+        if cfg.teacher_writes and self.teacher_data is None:  # called from Python, not the recipe
+            from finetuner.teachers.generate import write_for
+
+            self.teacher_data = write_for(cfg, "LLMFineTuner(cfg).train_distillation(resume=True)")
         if cfg.distillation_mode == "responses":
             return self._train_on_responses(checkpoint)
+        student_tokenizer, vocab_size = self._distillation_tokenizers()
+        disk.check_space(cfg)
+        data = self._prepare_data(student_tokenizer)
+        # With teacher_cache, the teacher runs only to fill a cache that is not complete yet (under a
+        # launcher, on the main process; the others then open the complete cache).
+        cache = distributed.main_process_first(
+            lambda: topk_cache.ensure(cfg, data.train, student_tokenizer, vocab_size, self._load_teacher)) \
+            if cfg.teacher_cache else None
+
+        # Built first: under a launcher, args.device joins the process group and makes this process's
+        # GPU (cuda:LOCAL_RANK) the current one, so no rank loads its teacher onto cuda:0.
+        args = self._training_args()
+        student = self._load_student(data, student_tokenizer)
+        if cfg.alpha == 1 and not cfg.hidden_state_weight and not cfg.on_policy_fraction:
+            # Plain fine-tuning of the student (the SFT baseline): nothing uses the teacher, so it is not loaded.
+            student = self._maybe_lora(student, data)
+            trainer = Trainer(model=student, args=args, train_dataset=data.train, eval_dataset=self._eval_dataset(data),
+                              data_collator=make_collator(student_tokenizer), processing_class=student_tokenizer,
+                              callbacks=self._callbacks())
+            return self._run(trainer, student_tokenizer, checkpoint, adapter=cfg.student_training == "lora",
+                             base_name=None)
+        teacher = None if cache else self._load_teacher(args.device)
+        ui.info((f"teacher {models.count_parameters(teacher) / 1e6:.1f}M parameters, " if teacher else "")
+                + f"student {models.count_parameters(student) / 1e6:.1f}M")
+        student = self._maybe_lora(student, data)
+        trainer = DistillationTrainer(model=student, args=args,
+                                      train_dataset=topk_cache.with_row_index(data.train) if cache else data.train,
+                                      eval_dataset=self._eval_dataset(data), callbacks=self._callbacks(),
+                                      data_collator=make_collator(student_tokenizer),
+                                      processing_class=student_tokenizer, teacher=teacher, teacher_cache=cache,
+                                      temperature=cfg.temperature, alpha=cfg.alpha, vocab_size=vocab_size,
+                                      **objective_settings(cfg, student, teacher, student_tokenizer, self.out))
+        return self._run(trainer, student_tokenizer, checkpoint, adapter=cfg.student_training == "lora",
+                         base_name=None)
+
+    def build_teacher_cache(self) -> Path:
+        """--cache-teacher: fill `teacher_cache` for this run's rows and stop."""
+        cfg = self.cfg
+        if not (cfg.is_distillation and cfg.teacher_cache and applies("teacher_cache", cfg)):
+            raise ui.UserError("--cache-teacher needs approach distillation with a local teacher's logits "
+                               "(distillation_mode logits or hybrid) and a teacher_cache directory",
+                               hint="add e.g. teacher_cache: teacher-cache to the answers file")
+        tokenizer, vocab_size = self._distillation_tokenizers()
+        data = self._data(tokenizer)  # nothing written to output_dir: the training run that follows starts clean
+        topk_cache.ensure(cfg, data.train, tokenizer, vocab_size, self._load_teacher)
+        return Path(cfg.teacher_cache)
+
+    def _distillation_tokenizers(self):
+        """The student's tokenizer and the vocabulary it shares with the teacher. With a complete
+        cache and no teacher on this machine, the cache's fingerprint stands in for the teacher's
+        tokenizer (it is checked against the student's when the cache opens)."""
+        cfg = self.cfg
+        if topk_cache.stands_in_for_teacher(cfg):
+            return models.load_tokenizer(cfg.student), topk_cache.stored_vocab_size(cfg)
         teacher_tokenizer = models.load_tokenizer(cfg.teacher)
         student_tokenizer = teacher_tokenizer if cfg.student == cfg.teacher else models.load_tokenizer(cfg.student)
         vocab_size = models.check_tokenizers_match(teacher_tokenizer, student_tokenizer)
         for note in models.check_student_plan(cfg.teacher, cfg.student, cfg.student_layers):  # configs only
             ui.warning(note)
-        disk.check_space(cfg)
-        data = self._prepare_data(student_tokenizer)
+        return student_tokenizer, vocab_size
 
-        student = self._load_student(data, student_tokenizer)
-        common = dict(args=self._training_args(), train_dataset=data.train, eval_dataset=self._eval_dataset(data),
-                      data_collator=make_collator(student_tokenizer), processing_class=student_tokenizer,
-                      callbacks=self._callbacks())
-        if cfg.alpha == 1 and not cfg.hidden_state_weight and not cfg.on_policy_fraction:
-            # Plain fine-tuning of the student (the SFT baseline): nothing uses the teacher, so it is not loaded.
-            student = self._maybe_lora(student, data)
-            trainer = Trainer(model=student, **common)
-        else:
-            precision = models.precision_policy()
-            ui.step(f"Loading teacher {cfg.teacher} ({str(precision.teacher_dtype).removeprefix('torch.')})")
-            teacher = models.load_teacher(cfg.teacher, precision)
-            teacher.to(precision.device)
-            ui.info(f"teacher {models.count_parameters(teacher) / 1e6:.1f}M parameters, "
-                    f"student {models.count_parameters(student) / 1e6:.1f}M")
-            student = self._maybe_lora(student, data)
-            trainer = DistillationTrainer(model=student, teacher=teacher, temperature=cfg.temperature,
-                                          alpha=cfg.alpha, vocab_size=vocab_size, **common,
-                                          **objective_settings(cfg, student, teacher, student_tokenizer, self.out))
-        return self._run(trainer, student_tokenizer, checkpoint, adapter=cfg.student_training == "lora",
-                         base_name=None)
+    def _load_teacher(self, device=None):
+        precision = models.precision_policy()
+        cfg = self.cfg
+        ui.step(f"Loading teacher {cfg.teacher} "
+                f"({cfg.teacher_quantization or str(precision.teacher_dtype).removeprefix('torch.')})")
+        teacher = models.load_teacher(cfg.teacher, precision, cfg.teacher_quantization)
+        if device is not None and not cfg.teacher_quantization:
+            teacher.to(device)  # this rank's device under a launcher
+        return teacher
 
     def _train_on_responses(self, checkpoint: str | None) -> TrainResult:
         """Sequence-level distillation: plain CE on the teacher's responses; the teacher is not loaded."""
@@ -310,11 +374,19 @@ class LLMFineTuner:
         return last
 
     def _prepare_data(self, tokenizer) -> PreparedData:
-        ui.step(f"Preparing dataset {self.cfg.dataset}")
+        data = self._data(tokenizer)
+        if distributed.is_main_process():
+            artifacts.write_heldout(self.out, data.heldout)
+        return data
+
+    def _data(self, tokenizer) -> PreparedData:
         written = self.teacher_data
-        data = prepare(self.cfg, tokenizer, dataset=written.dataset if written else None,
-                       rewrite=written.rewrite if written else None)
-        artifacts.write_heldout(self.out, data.heldout)
+        if self.prepared is not None and written is None:
+            data = self.prepared
+        else:
+            ui.step(f"Preparing dataset {self.cfg.dataset}")
+            data = prepare(self.cfg, tokenizer, dataset=written.dataset if written else None,
+                           rewrite=written.rewrite if written else None)
         return data
 
     def _maybe_lora(self, student, data: PreparedData):
@@ -343,8 +415,9 @@ class LLMFineTuner:
         kept, loss = models.choose_student_layers(base, cfg.student_layers, dict(batch))
         ui.info(f"keeping layers {kept}: of the students that drop one block of layers, the lowest loss "
                 f"({loss:.3f}) on {len(rows)} training rows")
-        artifacts.write_json(self.out / artifacts.STUDENT_LAYERS_FILE,
-                             {"kept": kept, "of": base.config.num_hidden_layers, "calibration_loss": loss})
+        if distributed.is_main_process():  # every rank computes the same choice from the same rows
+            artifacts.write_json(self.out / artifacts.STUDENT_LAYERS_FILE,
+                                 {"kept": kept, "of": base.config.num_hidden_layers, "calibration_loss": loss})
         return models.derive_student(base, cfg.student_layers, kept)
 
     def _total_steps(self, data: PreparedData) -> int:
@@ -385,6 +458,9 @@ class LLMFineTuner:
             include_num_input_tokens_seen="non_padding",
             train_sampling_strategy="group_by_length",
             dataloader_num_workers=0,
+            gradient_checkpointing=cfg.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},  # works with DDP, LoRA and frozen inputs
+            ddp_find_unused_parameters=False,  # every trainable weight is used: skip the graph walk
         )
 
     def _evaluation_args(self) -> dict:
@@ -406,6 +482,8 @@ class LLMFineTuner:
              base_name: str | None) -> TrainResult:
         trainer.remove_callback(PrinterCallback)  # raw log dicts; ProgressReporter says it better
         trainer.add_callback(ProgressReporter())
+        if trace := RankTrace.from_env():
+            trainer.add_callback(trace)
         started = time.perf_counter()
         with GracefulInterrupt() as interrupt:
             trainer.add_callback(interrupt)
@@ -420,15 +498,27 @@ class LLMFineTuner:
                          "max_length; or use QLoRA 4bit, or student_training: lora when distilling") from None
         seconds = time.perf_counter() - started
         history = trainer.state.log_history
+        sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+        saved_dir = self.out / (artifacts.ADAPTER_DIR if adapter else artifacts.MODEL_DIR)
+        if sharded and not interrupt.requested:
+            # Every rank takes part in gathering sharded weights; the Trainer writes them once.
+            trainer.save_model(str(saved_dir))
+        if not trainer.accelerator.is_main_process:  # the main process writes the output directory
+            return TrainResult(None, interrupt.requested, None, seconds, trainer.state.global_step)
         if interrupt.requested:
             self._write_log(history, completed=False, seconds=seconds)
             return TrainResult(None, True, None, seconds, trainer.state.global_step)
 
-        model_dir = self._save(trainer.model, tokenizer, adapter, base_name)
+        if sharded:  # merging an adapter needs whole weights on one process: the saved files are the result
+            tokenizer.save_pretrained(saved_dir)
+            model_dir = saved_dir
+        else:
+            model_dir = self._save(trainer.model, tokenizer, adapter, base_name)
         self._write_log(history, completed=True, seconds=seconds)
         return TrainResult(model_dir, False, output.training_loss, seconds, trainer.state.global_step)
 
     def _save(self, model, tokenizer, adapter: bool, base_name: str | None) -> Path:
+        save_prompt_format(tokenizer)  # a model without a chat template keeps the format it learned
         model_dir = self.out / artifacts.MODEL_DIR
         if not adapter:
             model.save_pretrained(model_dir)

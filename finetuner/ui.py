@@ -8,6 +8,7 @@ markup=False so a model id like `[org/model]` is never read as rich markup.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Iterable, Mapping
 
@@ -29,7 +30,9 @@ class UserError(Exception):
 
 
 def is_interactive() -> bool:
-    return sys.stdin.isatty() and sys.stdout.isatty()
+    # One of several processes (torchrun, accelerate launch) never asks: every rank must resolve
+    # the same answers, so they come from the answers file and --set alone.
+    return sys.stdin.isatty() and sys.stdout.isatty() and os.environ.get("WORLD_SIZE", "1") == "1"
 
 
 def step(text: str) -> None:
@@ -48,8 +51,9 @@ def warning(text: str) -> None:
     console.print(f"[bold yellow]![/] {_escape(text)}", soft_wrap=True)
 
 
-def error(err: UserError) -> None:
-    err_console.print(f"[bold red]Error:[/] {_escape(err.message)}", soft_wrap=True)
+def error(err: UserError, rank: int | None = None) -> None:
+    where = "" if rank is None else f" (rank {rank})"
+    err_console.print(f"[bold red]Error{where}:[/] {_escape(err.message)}", soft_wrap=True)
     for line in err.details:
         err_console.print(f"  - {_escape(line)}", soft_wrap=True)
     if err.hint:

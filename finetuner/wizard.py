@@ -16,9 +16,9 @@ from typing import Any, Callable
 import yaml
 
 from finetuner import ui
-from finetuner.config import FIELD_NAMES, check_field, coerce, cross_check
+from finetuner.config import FIELD_NAMES, applies, check_field, coerce, cross_check, default_for
 from finetuner.questions import HUB_TOKEN, QUESTIONS, Answers, Question
-from finetuner.sources import check_model
+from finetuner.sources import check_model, hub_offline
 
 ANSWERS_FILE = "finetuner-answers.yaml"
 Check = Callable[[Any], "str | None"]
@@ -64,6 +64,32 @@ def save_answers(path: str | os.PathLike, answers: Answers) -> Path:
     return path
 
 
+def find_previous_answers(root: str | os.PathLike = ".", depth: int = 3) -> Path | None:
+    """The newest answers file in the directory tree below `root` (symlinks, hidden folders and
+    checkpoints not followed), whose answers become the defaults of a new interactive run."""
+    root = Path(root)
+    found: list[Path] = []
+    for folder, subfolders, files in os.walk(root):
+        level = len(Path(folder).relative_to(root).parts)
+        subfolders[:] = [] if level >= depth else [d for d in subfolders if not d.startswith((".", "checkpoint"))
+                                                    and d not in ("node_modules", "__pycache__")]
+        if ANSWERS_FILE in files:
+            found.append(Path(folder) / ANSWERS_FILE)
+    return max(found, key=lambda p: p.stat().st_mtime, default=None)
+
+
+# A new run should not write into the previous run's folder by default.
+NOT_REUSED = ("output_dir",)
+
+
+def previous_defaults(path: Path) -> Answers:
+    try:
+        answers = load_answers(path)
+    except ui.UserError:
+        return {}
+    return {k: v for k, v in answers.items() if k in FIELD_NAMES and k not in NOT_REUSED}
+
+
 def parse_overrides(items: list[str]) -> Answers:
     """`--set KEY=VALUE` pairs; values stay strings and are typed like any other answer."""
     overrides = {}
@@ -78,6 +104,9 @@ def parse_overrides(items: list[str]) -> Answers:
 # ---- validation -----------------------------------------------------------------------------
 
 _MODEL_KEYS = ("model", "teacher", "student")
+# Settings asked after every field their cross-field rule reads, so the rule can be checked at the
+# question (the others wait for the end: a later answer may still satisfy them).
+_COMPLETES_A_RULE = ("student_layers", "adalora_target_r", "hub_repo")
 
 
 def accept(question: Question, raw: Any, answers: Answers, checks: dict[str, Check]) -> tuple[Any, str | None]:
@@ -91,8 +120,16 @@ def accept(question: Question, raw: Any, answers: Answers, checks: dict[str, Che
     problem = check_field(question.key, value)
     # A teacher behind an API is a model name at that endpoint, not something to find locally.
     api_teacher = question.key == "teacher" and answers.get("teacher_api_base")
-    if problem is None and question.key in _MODEL_KEYS and not api_teacher:
+    # A check in `checks` may replace this one (a teacher whose complete cache stands in for it).
+    if problem is None and question.key in _MODEL_KEYS and not api_teacher and question.key not in checks:
         problem = check_model(value)
+    if problem is None and question.key == "upload" and value and hub_offline():
+        problem = ("HF_HUB_OFFLINE is set, so the upload would fail after training; answer no and upload "
+                   "later with --upload-only OUTPUT_DIR, or unset HF_HUB_OFFLINE")
+    if problem is None and question.key in _COMPLETES_A_RULE:  # a rule spanning fields, checked at once
+        prefix = f"{question.key}:"
+        problem = next((p[len(prefix):].strip() for p in cross_check({**answers, question.key: value})
+                        if p.startswith(prefix)), None)
     if problem is None and question.key in checks:
         problem = checks[question.key](value)
     return value, problem
@@ -107,8 +144,10 @@ def _did_you_mean(key: str) -> str:
 
 def resolve(given: Answers, ask: Ask | None, use_defaults: bool = False,
             checks: dict[str, Check] | None = None, token_found: Callable[[], bool] = lambda: True,
-            ) -> tuple[Answers, Answers]:
+            previous: Answers | None = None) -> tuple[Answers, Answers]:
     """Resolve every setting. Returns (answers, secrets).
+
+    `previous` (a former run's answers) replaces the defaults offered at the prompts.
 
     `ask` is None when there is no terminal: then every missing or invalid key is
     collected and reported at once in a single UserError.
@@ -116,11 +155,16 @@ def resolve(given: Answers, ask: Ask | None, use_defaults: bool = False,
     checks = checks or {}
     problems = [f"{k}: unknown setting{_did_you_mean(k)}" for k in given
                 if k not in FIELD_NAMES and k != HUB_TOKEN.key]
+    if problems and ask is not None:  # before any question: answering them would be thrown away
+        raise ui.UserError(f"the answers name {len(problems)} unknown setting{'s' if len(problems) > 1 else ''}",
+                           hint="fix the key in the answers file or --set, then run again", details=problems)
     answers: Answers = {}
     for question in QUESTIONS:
         if not question.applies(answers):
+            if ask is not None and question.skip_note and applies(question.key, {}):
+                ui.info(question.skip_note)
             continue
-        value = _resolve_one(question, given, answers, ask, use_defaults, checks, problems)
+        value = _resolve_one(question, given, answers, ask, use_defaults, checks, problems, previous or {})
         answers[question.key] = value
 
     if ask is None:
@@ -147,7 +191,7 @@ def resolve(given: Answers, ask: Ask | None, use_defaults: bool = False,
 
 
 def _resolve_one(question: Question, given: Answers, answers: Answers, ask: Ask | None,
-                 use_defaults: bool, checks: dict[str, Check], problems: list[str]) -> Any:
+                 use_defaults: bool, checks: dict[str, Check], problems: list[str], previous: Answers) -> Any:
     default = question.default_value(answers)
     if question.key in given:
         value, problem = accept(question, given[question.key], answers, checks)
@@ -164,15 +208,21 @@ def _resolve_one(question: Question, given: Answers, answers: Answers, ask: Ask 
         if ask is None:
             problems.append(f"{question.key}: default {default!r} {problem}")
             return default
+    elif ask is None and question.optional_in_files:
+        return default_for(question.key, answers)  # an older answers file replays as it did
     elif ask is None:
         problems.append(f"{question.key}: missing (default would be {default!r})")
         return default
-    return _prompt_until_valid(question, answers, ask, checks)
+    offered = previous[question.key] if question.key in previous else None
+    if offered is not None and accept(question, offered, answers, {})[1] is not None:
+        offered = None  # a previous answer that no longer fits (another model's layer count...)
+    return _prompt_until_valid(question, answers, ask, checks, offered)
 
 
-def _prompt_until_valid(question: Question, answers: Answers, ask: Ask, checks: dict[str, Check]) -> Any:
+def _prompt_until_valid(question: Question, answers: Answers, ask: Ask, checks: dict[str, Check],
+                        offered: Any = None) -> Any:
     while True:
-        raw = ask(question, question.default_value(answers), answers)
+        raw = ask(question, question.default_value(answers) if offered is None else offered, answers)
         value, problem = accept(question, raw, answers, checks)
         if problem is None:
             return value

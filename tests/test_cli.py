@@ -118,3 +118,38 @@ def test_output_dir_holding_only_its_answers_file_counts_as_empty(tmp_path):
 
 def test_benchmark_only_on_a_directory_that_is_not_an_output(tmp_path):
     assert_user_error(cli("--benchmark-only", str(tmp_path)), "has no finetuner-answers.yaml")
+
+
+def test_benchmark_only_applies_set_overrides(tmp_path):
+    out = tmp_path / "run"
+    write_answers((out.mkdir() or out) / "finetuner-answers.yaml", output_dir=str(out), benchmark_samples=8)
+    # Checked like any other answer before anything loads: proof the override was not ignored.
+    assert_user_error(cli("--benchmark-only", str(out), "--set", "benchmark_samples=0"),
+                      "benchmark_samples: must be at least 1")
+
+
+def test_a_directory_as_the_dataset_is_named_as_one(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "notes.md").write_text("hello")
+    result = cli("--defaults", "--dry-run", "--set", f"output_dir={tmp_path / 'o'}", "--set", f"dataset={folder}")
+    assert_user_error(result, "is a directory with no")
+
+
+def test_dry_run_checks_the_data_has_a_column_to_train_on(tmp_path, tiny_llama):
+    data = tmp_path / "numbers.jsonl"
+    data.write_text("".join(f'{{"a": {i}, "b": {i + 1}}}\n' for i in range(10)))
+    result = cli("--defaults", "--dry-run", "--set", f"output_dir={tmp_path / 'o'}", "--set", f"model={tiny_llama}",
+                 "--set", f"dataset={data}")
+    assert_user_error(result, "found no column to train on")
+
+
+def test_dry_run_checks_teacher_and_student_tokenizers(tmp_path, tiny_llama, qa_file):
+    from conftest import build_llama, train_tokenizer
+
+    other = build_llama(tmp_path / "other", train_tokenizer(tmp_path / "tok", vocab_size=300), layers=2)
+    result = cli("--defaults", "--dry-run", "--set", "approach=distillation", "--set", f"teacher={tiny_llama}",
+                 "--set", f"student={other}", "--set", f"dataset={qa_file}", "--set", f"output_dir={tmp_path / 'o'}",
+                 "--set", "distillation_mode=logits")  # --defaults alone picks responses for differing tokenizers
+    assert_user_error(result, "tokenizers differ")
+    assert "responses" in result.stderr  # the hint offers the mode that works

@@ -2,6 +2,8 @@
 
 import os
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pexpect
@@ -12,12 +14,13 @@ ROOT = Path(__file__).resolve().parents[1]
 ENTER, DOWN, CLEAR_LINE, CTRL_C = "\r", "\x1b[B", "\x15", "\x03"
 
 
-def spawn(*args):
+def spawn(*args, cwd=None):
     # pexpect doesn't answer prompt_toolkit's cursor-position request; without this each prompt
     # waits a second for the reply a real terminal would send.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PROMPT_TOOLKIT_NO_CPR": "1"}
-    child = pexpect.spawn(sys.executable, [str(ROOT / "finetune_cli.py"), *args], cwd=str(ROOT), env=env,
-                          encoding="utf-8", timeout=20, dimensions=(60, 200))
+    # A fresh working directory: answers files found below it would become the defaults.
+    child = pexpect.spawn(sys.executable, [str(ROOT / "finetune_cli.py"), *args], cwd=str(cwd or tempfile.mkdtemp()),
+                          env=env, encoding="utf-8", timeout=60, dimensions=(60, 200))
     return child
 
 
@@ -76,7 +79,7 @@ def test_distillation_path_derives_a_student_and_revalidates_typed_values(tmp_pa
     child.send(type_text("3"))
     answer(child, [
         ("Alpha", type_text("0.7")), ("How should the student train", DOWN + ENTER),
-        ("LoRA rank", ENTER), ("LoRA alpha", ENTER), ("LoRA dropout", ENTER),
+        ("Cache the teacher", ENTER), ("LoRA rank", ENTER), ("LoRA alpha", ENTER), ("LoRA dropout", ENTER),
         ("Epochs", ENTER), ("Batch size", ENTER), ("Learning rate", ENTER), ("accumulation", ENTER),
         ("Benchmark", ENTER), ("held-out samples", ENTER), ("Upload", ENTER),
     ])
@@ -128,16 +131,72 @@ def test_non_empty_output_dir_asks_before_writing_into_it(tmp_path):
     assert (out / "notes.txt").read_text() == "mine"
 
 
-@pytest.mark.parametrize("keys,started", [("n", False)])
-def test_summary_is_shown_and_confirmation_asked(tmp_path, keys, started):
+def test_edit_one_setting_at_start_then_decline_keeps_the_answers(tmp_path):
     path = tmp_path / "a.yaml"
     path.write_text(_complete_answers(tmp_path / "c"))
     child = spawn("--answers", str(path))
+    child.expect("Training example")
+    child.expect("masked, not in the loss")  # the prompt part of the example, marked
     child.expect("Plan")
     child.expect("Start\\?")
-    child.send(keys)
+    child.send(DOWN + ENTER)  # change a setting first
+    child.expect("Which setting")
+    child.send("epochs")  # type to filter the list
+    child.expect("epochs = 3")
+    child.send(ENTER)
+    child.expect("Epochs")
+    child.send(type_text("2"))
+    child.expect("Plan")
+    child.expect("Start\\?")
+    child.send(DOWN + DOWN + ENTER)  # not now
     output = finish(child)
     assert "Nothing started" in output and child.exitstatus == 0
+    saved = yaml.safe_load((tmp_path / "c" / "finetuner-answers.yaml").read_text())
+    assert saved["epochs"] == 2 and saved["approach"] == "distillation"
+
+
+def test_previous_answers_become_the_defaults(tmp_path):
+    earlier = tmp_path / "runs" / "first"
+    earlier.mkdir(parents=True)
+    (earlier / "finetuner-answers.yaml").write_text(yaml.safe_dump(
+        {"approach": "fine-tuning", "method": "qlora", "max_samples": 123, "epochs": 2, "output_dir": str(earlier)}))
+    out = tmp_path / "second"
+    child = spawn("--dry-run", cwd=tmp_path)
+    child.expect("previous answers")
+    answer(child, [
+        ("Step 0", ENTER), ("Model to fine-tune", ENTER), ("Method", ENTER),
+        ("Output directory", type_text(str(out))),
+        ("Dataset", ENTER), ("How many samples", ENTER), ("Maximum sequence length", ENTER),
+        ("LoRA rank", ENTER), ("LoRA alpha", ENTER), ("LoRA dropout", ENTER), ("Quantisation", ENTER),
+        ("Epochs", ENTER), ("Batch size", ENTER), ("Learning rate", ENTER),
+        ("accumulation", ENTER), ("Benchmark", ENTER), ("held-out samples", ENTER), ("Upload", ENTER),
+    ])
+    output = finish(child)
+    assert child.exitstatus == 0, output
+    saved = yaml.safe_load((out / "finetuner-answers.yaml").read_text())
+    assert saved["method"] == "qlora" and saved["max_samples"] == 123 and saved["epochs"] == 2
+
+
+def test_typing_replaces_the_default_and_tab_completes_paths(tmp_path):
+    data = tmp_path / "my-questions.jsonl"
+    data.write_text("".join('{"question": "q%d", "answer": "a"}\n' % i for i in range(20)))
+    out = tmp_path / "o"
+    child = spawn("--dry-run", "--set", "approach=fine-tuning", "--set", f"output_dir={out}",
+                  "--set", "method=lora", "--set", "model=smollm2-135m-instruct", cwd=tmp_path)
+    child.expect("Dataset")
+    child.send("my-q")
+    child.expect("my-questions.jsonl")  # the matching file names in the working directory, listed
+    for key in ("\t", ENTER, ENTER):  # Tab picks the file, Enter accepts it, Enter answers
+        time.sleep(0.5)  # let the completer catch up, as a person's pauses do
+        child.send(key)
+    child.expect("How many samples")
+    child.send("7" + ENTER)  # typed over the default 1000, not appended to it
+    answer(child, [(prompt, ENTER) for prompt in (
+        "Maximum sequence length", "LoRA rank", "LoRA alpha", "LoRA dropout", "Epochs", "Batch size",
+        "Learning rate", "accumulation", "Benchmark", "held-out samples", "Upload")])
+    output = finish(child)
+    saved = yaml.safe_load((out / "finetuner-answers.yaml").read_text())
+    assert saved["dataset"] == "my-questions.jsonl" and saved["max_samples"] == 7, output
 
 
 def _complete_answers(out: Path) -> str:

@@ -321,3 +321,18 @@ def test_corrupt_parquet(tmp_path, tokenizer):
     path.write_bytes(b"PAR1 this is not really parquet")
     with pytest.raises(UserError, match="could not read .*broken.parquet as Parquet"):
         prepare(config(path), tokenizer)
+
+
+def test_a_folder_of_data_files_loads_as_one_dataset(tmp_path):
+    from finetuner.config import RunConfig
+    from finetuner.data import load_rows
+    from finetuner.sources import check_dataset
+
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for part in range(2):
+        (folder / f"part{part}.jsonl").write_text(
+            "".join(json.dumps({"question": f"q{part}{i}", "answer": "a"}) + "\n" for i in range(3)))
+    assert check_dataset(str(folder)) is None
+    rows = load_rows(RunConfig(dataset=str(folder)))
+    assert rows.num_rows == 6

@@ -137,8 +137,9 @@ def test_a_model_that_is_not_a_causal_lm(tmp_path, tokenizer, qa_file):
 def test_teacher_and_student_tokenizers_that_differ(tmp_path, tiny_llama, qa_file):
     other = build_llama(tmp_path / "other", train_tokenizer(tmp_path / "other-tok", vocab_size=300), layers=2)
     result = cli(tmp_path, approach="distillation", teacher=str(tiny_llama), student=str(other),
-                 dataset=str(qa_file))
+                 dataset=str(qa_file), distillation_mode="logits")
     assert_fails(result, "tokenizer")
+    assert "distillation_mode responses" in result[2]  # the hint names the mode that works
     assert "Loading teacher" not in result[1]  # refused before any weights load
 
 

@@ -150,6 +150,14 @@ def test_api_teacher_refuses_logits_and_hybrid_before_anything_loads(tmp_path, t
     assert "distillation_mode: hybrid needs the teacher's weights" in err and "use distillation_mode responses" in err
 
 
+def test_an_answers_file_from_before_these_settings_replays_as_before(tmp_path, capsys):
+    """No terminal, no --defaults: the new keys are not "missing"; the run stays logits distillation."""
+    argv = ["--answers", str(ROOT / "examples" / "distill-quick.yaml"), "--dry-run", "--set", f"output_dir={tmp_path}"]
+    assert finetune_cli.main(argv) == 0
+    plan = capsys.readouterr().out
+    assert "distillation_mode" in plan and "logits" in plan and "teacher_api_base" in plan
+
+
 @pytest.mark.slow
 def test_sigkill_mid_generation_then_resume_sends_exactly_the_missing_requests(tmp_path, tiny_llama, qa_file):
     port, log = _free_port(), tmp_path / "requests.log"

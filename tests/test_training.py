@@ -110,10 +110,11 @@ def test_mismatched_tokenizers_fail_before_weights_load(tmp_path, tiny_llama, qa
 
     other = build_llama(tmp_path / "other", train_tokenizer(tmp_path / "other-tok", vocab_size=300))
     path = answers_file(tmp_path, approach="distillation", teacher=str(tiny_llama), student=str(other),
-                        student_layers=None, dataset=str(qa_file))
+                        student_layers=None, dataset=str(qa_file), distillation_mode="logits")
     assert run_wizard(path) == 1
     err = capsys.readouterr().err
     assert "tokenizer" in err.lower() and "Traceback" not in err
+    assert "distillation_mode responses" in err  # the hint names the mode that works with any tokenizer
     assert not (tmp_path / "out" / "checkpoints").exists()
 
 

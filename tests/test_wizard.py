@@ -70,13 +70,15 @@ def test_defaults_fill_everything_without_a_terminal():
     assert RunConfig(**answers).student_layers == 15
 
 
-def test_upload_without_a_token_is_an_error_without_a_terminal():
+def test_upload_without_a_token_is_an_error_without_a_terminal(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with pytest.raises(UserError) as caught:
         resolve({"upload": True, "hub_repo": "me/model"}, None, use_defaults=True, token_found=lambda: False)
     assert "no Hugging Face token" in "\n".join(caught.value.details)
 
 
-def test_token_is_asked_when_missing_and_never_saved(tmp_path):
+def test_token_is_asked_when_missing_and_never_saved(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     ask = scripted({"hub_token": "hf_secret_value", "upload": True, "hub_repo": "me/model"})
     answers, secrets = resolve({}, ask, token_found=lambda: False)
     assert secrets == {"hub_token": "hf_secret_value"}
@@ -109,3 +111,61 @@ def test_overrides_parse_and_reject_garbage():
     assert parse_overrides(["epochs=2", "hub_repo=me/x"]) == {"epochs": "2", "hub_repo": "me/x"}
     with pytest.raises(UserError):
         parse_overrides(["epochs"])
+
+
+def test_unknown_key_on_a_terminal_is_reported_before_any_question():
+    ask = scripted({})
+    with pytest.raises(UserError) as caught:
+        resolve({"approach": "distillation", "temprature": 2}, ask)
+    assert ask.asked == [], "asked questions whose answers the unknown key would throw away"
+    assert "did you mean 'temperature'" in "\n".join(caught.value.details)
+
+
+def test_offline_typo_of_a_model_id_is_refused_with_a_suggestion(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(UserError) as caught:
+        resolve({"model": "smollm2-135m-instructx"}, None, use_defaults=True)
+    details = "\n".join(caught.value.details)
+    assert "model: " in details and "HF_HUB_OFFLINE" in details and "did you mean 'smollm2-135m-instruct'" in details
+
+
+def test_upload_while_offline_is_refused_at_the_question(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ask = scripted({"upload": True, "hub_repo": "me/model"})
+    replies = iter([True, False])
+
+    def person(question, default, answers):
+        return next(replies) if question.key == "upload" else ask(question, default, answers)
+
+    answers, _ = resolve({}, person, token_found=lambda: True)
+    assert answers["upload"] is False  # the first "yes" was refused at the question, then answered again
+    with pytest.raises(UserError) as caught:
+        resolve({"upload": True, "hub_repo": "me/model"}, None, use_defaults=True)
+    assert "HF_HUB_OFFLINE" in "\n".join(caught.value.details)
+
+
+def test_too_many_student_layers_are_refused_at_the_question():
+    replies = {"student_layers": iter(["31", "10"])}
+    asked = []
+
+    def ask(question, default, answers):
+        asked.append(question.key)
+        return next(replies[question.key]) if question.key in replies else default
+
+    answers, _ = resolve({"approach": "distillation"}, ask)
+    first = asked.index("student_layers")
+    assert asked[first + 1] == "student_layers", f"re-asked only later: {asked}"
+    assert answers["student_layers"] == 10
+
+
+def test_plain_text_dataset_skips_the_benchmark_question_and_says_why(tmp_path, capsys):
+    from finetuner.config import applies
+
+    text = tmp_path / "notes.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog.\n" * 20)
+    ask = scripted({"dataset": str(text)})
+    answers, _ = resolve({"approach": "fine-tuning"}, ask)
+    assert "benchmark" not in ask.asked and "benchmark" not in answers
+    assert not applies("benchmark", RunConfig(dataset=str(text)))
+    assert "plain text" in capsys.readouterr().out

@@ -21,8 +21,8 @@ class HiddenStateLoss(nn.Module):
     """Sum over counted positions of the per-position distance between (projected) student states and
     teacher states, averaged over the layer pairs. The caller divides by the token count, as for CE.
 
-    `mse`: mean squared difference over the hidden dimension (scale-dependent: SmolLM2's residual
-    stream is large, so weights well below 1 suit it); `cosine`: 1 - cosine similarity (scale-free).
+    `mse`: mean squared difference over the hidden dimension (in the activations' units, which vary
+    between models); `cosine`: 1 - cosine similarity (scale-free, in [0, 2]).
     """
 
     def __init__(self, pairs: LayerPairs, student_width: int, teacher_width: int, kind: str = "mse"):

@@ -10,6 +10,7 @@ becomes one UserError naming the cause. The API key is read from the environment
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from typing import Callable
 
@@ -100,7 +101,7 @@ class ApiTeacher:
             return ui.UserError(f"the teacher endpoint {base} answered {exc.status_code} {retried}: "
                                 f"{_server_message(exc)}",
                                 hint="check the server's log; rerun with --resume once it answers again")
-        if isinstance(exc, (MalformedReply, openai.APIResponseValidationError, ValueError)):
+        if isinstance(exc, (MalformedReply, openai.APIResponseValidationError, json.JSONDecodeError)):
             return ui.UserError(f"the teacher endpoint {base} sent a reply that is not a chat completion: "
                                 f"{str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}",
                                 hint="is teacher_api_base an OpenAI-compatible /v1 endpoint?")

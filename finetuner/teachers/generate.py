@@ -64,6 +64,14 @@ def usable(reply: Reply | None, cfg: RunConfig) -> bool:
 
 # ---- the stage ------------------------------------------------------------------------------
 
+def write_for(cfg: RunConfig, resume_command: str) -> TeacherData:
+    """The stage as the recipe runs it: the student's tokenizer decides the split."""
+    from finetuner import models
+
+    ui.step(f"The teacher ({cfg.teacher}) writes the responses")
+    return generate_stage(cfg, models.load_tokenizer(cfg.student), resume_command)
+
+
 def generate_stage(cfg: RunConfig, student_tokenizer, resume_command: str) -> TeacherData:
     out = Path(cfg.output_dir)
     teacher = open_teacher(cfg)

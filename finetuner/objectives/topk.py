@@ -1,0 +1,135 @@
+"""Forward KL on a teacher's cached top-k entries: the loss behind `teacher_cache`.
+
+What is stored, per counted position: the teacher's k largest log-probabilities at T = 1
+(log_softmax over the shared vocabulary V, then top-k), their token ids, and one tail statistic,
+log sum_{j not in top-k} p_j^(1/T) at the run's temperature T (the tempered weight of the rest).
+
+What is compared, at temperature T, over k + 1 buckets (the k ids and one tail bucket):
+- teacher: P_i = p_i^(1/T) / Z and P_tail = sum_tail p_j^(1/T) / Z, Z their sum; these are exactly
+  softmax(teacher_logits / T) at the k ids and the mass it puts on all the others;
+- student: softmax(z / T) at the k ids, and everything else summed into its tail bucket.
+loss = alpha * CE + (1 - alpha) * T^2 * KL(P || S) over the buckets, token-averaged as `kd_loss`.
+
+Why the tail statistic and not only the top-k log-probs: tempering needs the tail's shape. Spreading
+the remaining mass uniformly over the V - k ids is the other choice; on the built-in teacher (T = 2,
+k = 64, GSM8K) it puts 79% of the tempered mass in the tail where the truth is 59% (0.20 L1 error
+on the teacher's targets, measured by benchmarks/teacher_cache.py). The statistic costs 4 bytes a
+token and ties the cache to T (a run at another temperature is refused).
+
+With k = V the tail is empty and this is `kd_loss`, value and gradient. For k < V the bucket
+masses are exact; what is lost is the teacher's shape inside the tail: the gradient on the student's
+logits is (1 - alpha) T (S - P~) + CE's, where P~ is P on the k ids and P_tail spread over the other
+ids in the student's own proportions, so its L1 distance to the full-logit gradient is at most
+2 (1 - alpha) T P_tail per counted token (`gradient_bound`), and the KL is below the full one by
+P_tail KL(teacher's tail shape || student's).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from finetuner.losses import KDLoss, _averaged, _shared_vocab, select_targets
+
+
+class TeacherEntries(NamedTuple):
+    """The cached teacher signal for N counted positions, in `select_targets` order."""
+    logprobs: Tensor  # [N, k] top-k log-probabilities at T = 1
+    ids: Tensor  # [N, k] their token ids
+    tail: Tensor  # [N] log sum over the other ids of p^(1/T), at the cache's temperature
+
+
+def teacher_topk(teacher_logits: Tensor, k: int, temperature: float) -> TeacherEntries:
+    """What the cache stores for rows of teacher logits [N, V] (fp32 results)."""
+    logprobs = F.log_softmax(teacher_logits.float(), dim=-1)
+    top, ids = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1, sorted=True)
+    tail = (logprobs / temperature).scatter_(1, ids, -math.inf).logsumexp(-1)
+    return TeacherEntries(top, ids, tail)
+
+
+def teacher_buckets(entries: TeacherEntries, temperature: float) -> Tensor:
+    """log P over the k + 1 buckets at temperature T ([N, k + 1], fp32)."""
+    tempered = torch.cat([entries.logprobs.float() / temperature, entries.tail.float()[:, None]], dim=-1)
+    return F.log_softmax(tempered, dim=-1)
+
+
+def gradient_bound(entries: TeacherEntries, temperature: float, alpha: float) -> Tensor:
+    """Per counted token, an upper bound on the L1 distance between this loss's gradient on the
+    student's logits and the full-logit `kd_loss`'s: 2 (1 - alpha) T P_tail."""
+    return 2 * (1 - alpha) * temperature * teacher_buckets(entries, temperature)[:, -1].exp()
+
+
+def topk_kd_loss(student_logits: Tensor, entries: TeacherEntries, labels: Tensor, vocab_size: int | None = None,
+                 temperature: float = 2.0, alpha: float = 0.5,
+                 num_items_in_batch: Tensor | int | None = None) -> KDLoss:
+    """The cached loss on full student logits [B, L, V]; the reference for the fast path."""
+    mask, targets = select_targets(labels)
+    student = _shared_vocab(student_logits[:, :-1][mask], None, vocab_size)
+    sums = _ChunkTopKD.apply(student, teacher_buckets(entries, temperature), entries.ids.long(), targets,
+                             temperature, alpha, torch.is_grad_enabled() and student.requires_grad)
+    return _averaged(*sums, len(targets), num_items_in_batch)
+
+
+def topk_kd_loss_from_hidden(student_hidden: Tensor, student_head: nn.Module, labels: Tensor,
+                             entries: TeacherEntries, vocab_size: int | None = None, temperature: float = 2.0,
+                             alpha: float = 0.5, num_items_in_batch: Tensor | int | None = None,
+                             chunk_size: int = 1024) -> KDLoss:
+    """`topk_kd_loss` from the student's final hidden states [B, L, H]: the LM head runs only on
+    counted rows, `chunk_size` at a time, so no [B, L, V] tensor is ever made."""
+    mask, targets = select_targets(labels)
+    if len(entries.ids) != len(targets):
+        raise ValueError(f"{len(entries.ids)} cached teacher rows for {len(targets)} counted positions")
+    rows_hidden = student_hidden[:, :-1][mask]
+    buckets = teacher_buckets(entries, temperature)
+    ids = entries.ids.long()
+    loss = ce = kl = 0.0
+    for start in range(0, max(len(targets), 1), chunk_size):  # one empty chunk keeps the graph attached
+        rows = slice(start, start + chunk_size)
+        student_logits = _shared_vocab(student_head(rows_hidden[rows]), None, vocab_size)
+        chunk = _ChunkTopKD.apply(student_logits, buckets[rows], ids[rows], targets[rows], temperature, alpha,
+                                  torch.is_grad_enabled() and student_logits.requires_grad)
+        loss, ce, kl = loss + chunk[0], ce + chunk[1], kl + chunk[2]
+    return _averaged(loss, ce, kl, len(targets), num_items_in_batch)
+
+
+class _ChunkTopKD(torch.autograd.Function):
+    """Sums of the loss, CE and bucket KL over one chunk of student logits [N, V], with the
+    gradient written by hand (as `losses._ChunkKD`, and because autograd through a log-sum-exp over
+    an empty tail, k = V, would give NaN)."""
+
+    @staticmethod
+    def forward(ctx, student_logits: Tensor, teacher_logp: Tensor, ids: Tensor, targets: Tensor,
+                temperature: float, alpha: float, with_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
+        logits = student_logits.float()
+        logprobs = F.log_softmax(logits, dim=-1)
+        ce = -logprobs.gather(1, targets[:, None]).sum()
+        logprobs_t = F.log_softmax(logits / temperature, dim=-1)
+        student_top = logprobs_t.gather(1, ids)
+        student_tail = logprobs_t.scatter(1, ids, -math.inf).logsumexp(-1, keepdim=True)
+        student_logp = torch.cat([student_top, student_tail], dim=-1)
+        teacher_p = teacher_logp.exp()
+        kl = torch.where(teacher_p > 0, teacher_p * (teacher_logp - student_logp), 0.0).sum()
+        loss = alpha * ce + (1 - alpha) * temperature ** 2 * kl
+        if with_grad:
+            # d(KL)/d(z / T) = S - P~: P on the k ids; on the others P_tail in the student's own
+            # proportions, i.e. s_j * P_tail / S_tail.
+            tail_ratio = torch.where(teacher_p[:, -1:] > 0, (teacher_logp[:, -1:] - student_tail).exp(), 0.0)
+            probs_t = logprobs_t.exp_()
+            kl_grad = probs_t * (1 - tail_ratio)
+            kl_grad.scatter_(1, ids, probs_t.gather(1, ids) - teacher_p[:, :-1])
+            grad = logprobs.exp_().mul_(alpha)
+            grad[torch.arange(len(targets), device=grad.device), targets] -= alpha
+            grad.add_(kl_grad, alpha=(1 - alpha) * temperature)
+            ctx.save_for_backward(grad)
+            ctx.logits_dtype = student_logits.dtype
+        ctx.mark_non_differentiable(ce, kl)
+        return loss, ce, kl
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor, _grad_ce: Tensor, _grad_kl: Tensor):
+        (grad,) = ctx.saved_tensors
+        return (grad * grad_loss).to(ctx.logits_dtype), None, None, None, None, None, None

@@ -1,0 +1,400 @@
+"""The top-k teacher cache: the teacher runs once, and students train from its files.
+
+A cache directory holds `manifest.json` (format, fingerprint, row count, shard size) and
+`shard-NNNNN.safetensors` files, each covering `ROWS_PER_SHARD` consecutive training rows:
+- `logprobs` [N, k] float16: the teacher's top-k log-probabilities at T = 1, per counted position;
+- `ids` [N, k] int32: their token ids;
+- `tail` [N] float32: log sum of p^(1/T) over the other ids (see finetuner.objectives.topk);
+- `offsets` [rows + 1] int64: where each row's positions start (rows in training order).
+A shard is written to a temporary name and renamed, so a killed build leaves whole shards only, and
+the next build skips them. Training rows carry their index (`row_index`), so the sampler may shuffle
+or group by length freely. The fingerprint (teacher weights, tokenizer, a hash of the tokenized rows,
+max_length, k, temperature, vocabulary) must match, or the cache is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from finetuner import sources, ui
+
+if TYPE_CHECKING:
+    import datasets
+    from torch import Tensor
+
+    from finetuner.config import RunConfig
+    from finetuner.objectives.topk import TeacherEntries
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+# Rows per shard: a killed build loses at most one shard's work. The variable lets a test make many.
+ROWS_PER_SHARD = int(os.environ.get("FINETUNER_CACHE_SHARD_ROWS", "64"))
+ROW_INDEX = "row_index"  # the dataset column that maps a training row to its cache entries
+LOGPROB_BYTES, ID_BYTES, TAIL_BYTES = 2, 4, 4  # float16, int32, float32
+
+
+def bytes_per_token(k: int) -> int:
+    return k * (LOGPROB_BYTES + ID_BYTES) + TAIL_BYTES
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.safetensors"
+
+
+# ---- the plan, before anything loads --------------------------------------------------------
+
+def plan_rows(cfg: RunConfig, data=None) -> list[tuple[str, str]]:
+    """What the plan shows about the cache: its state, or its expected size on disk (exact when the
+    prepared data is given, else an upper bound from max_samples x max_length)."""
+    if not (cfg.is_distillation and cfg.teacher_cache):
+        return []
+    manifest = complete_manifest(Path(cfg.teacher_cache))
+    if manifest:
+        size = manifest["counted_tokens"] * bytes_per_token(manifest["fingerprint"]["top_k"])
+        return [("teacher cache", f"complete: {manifest['counted_tokens']:,} tokens, {_size(size)}; "
+                                  "the teacher is not loaded (if it matches this run)")]
+    per_token = bytes_per_token(cfg.teacher_top_k)
+    started = read_manifest(Path(cfg.teacher_cache))
+    if started:
+        done = sum((Path(cfg.teacher_cache).expanduser() / shard_name(i)).is_file() for i in range(started["shards"]))
+        size = started["counted_tokens"] * started["bytes_per_token"]
+        return [("teacher cache", f"{done} of {started['shards']} shards written ({_size(size)} in all); "
+                                  "the build resumes there (if it matches this run)")]
+    # In hybrid mode the teacher has not written the responses yet: only the bound is known.
+    if data is not None and getattr(data, "train", None) is not None and not getattr(cfg, "teacher_writes", False):
+        tokens = counted_tokens(data.train)
+        return [("teacher cache", f"top-{cfg.teacher_top_k}, {per_token} bytes a counted token x {tokens:,} "
+                                  f"tokens = {_size(tokens * per_token)}, written once to {cfg.teacher_cache}")]
+    most = math.ceil(cfg.max_samples * (1 - cfg.eval_fraction)) * cfg.max_length
+    return [("teacher cache", f"top-{cfg.teacher_top_k}, {per_token} bytes a counted token x at most {most:,} "
+                              f"tokens = at most {_size(most * per_token)} (exact figure after tokenizing)")]
+
+
+def _size(count: float) -> str:
+    return f"{count / 1e9:.2f} GB" if count >= 1e9 else f"{count / 1e6:.1f} MB"
+
+
+# ---- the fingerprint --------------------------------------------------------------------------
+
+def fingerprint(cfg: RunConfig, tokenizer, rows: datasets.Dataset, vocab_size: int) -> dict:
+    """Everything the cached numbers depend on. `teacher_weights` is None when the teacher is not
+    on this machine (then the teacher's name stands in for it)."""
+    return {"teacher": cfg.teacher, "teacher_weights": teacher_weights_id(cfg.teacher),
+            "tokenizer": tokenizer_hash(tokenizer), "rows": rows_hash(rows), "max_length": cfg.max_length,
+            "top_k": cfg.teacher_top_k, "temperature": cfg.temperature, "vocab_size": vocab_size}
+
+
+def teacher_weights_id(name: str) -> str | None:
+    """A stable id of the teacher's weights: the built-in's file, a Hub revision, or a hash of a
+    local directory's weight files (sizes and 16 sampled 64 KB blocks each, so it is quick for a
+    7B model and the same on any machine holding the same files)."""
+    if sources.check_model(name) is not None:
+        return None
+    kind = sources.model_kind(name)
+    if kind == "builtin":
+        gguf = sources.builtin_model_file(name)
+        return f"builtin:{gguf.name}:{gguf.stat().st_size}"
+    if kind == "hub":
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(name, "config.json")
+        return f"revision:{Path(found).parent.name}" if isinstance(found, str) else None
+    digest = hashlib.sha256()
+    files = sorted(p for p in Path(name).expanduser().iterdir()
+                   if p.suffix in (".safetensors", ".bin", ".gguf", ".pt") and p.is_file())
+    for path in files:
+        size = path.stat().st_size
+        digest.update(f"{path.name}:{size}".encode())
+        with path.open("rb") as handle:
+            for i in range(16):
+                handle.seek(size * i // 16)
+                digest.update(handle.read(1 << 16))
+    return f"sampled-sha256:{digest.hexdigest()[:32]}" if files else None
+
+
+def tokenizer_hash(tokenizer) -> str:
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    special = [tokenizer.bos_token, tokenizer.eos_token, tokenizer.unk_token]
+    return hashlib.sha256(json.dumps([vocab, special]).encode()).hexdigest()[:32]
+
+
+def rows_hash(rows: datasets.Dataset) -> str:
+    """Of the tokenized training rows in order: data, tokenizer, chat template, max_length, seed."""
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for ids, labels in zip(rows["input_ids"], rows["labels"]):
+        digest.update(np.asarray(ids, dtype=np.int32).tobytes())
+        digest.update(np.asarray(labels, dtype=np.int32).tobytes())
+        digest.update(b"|")
+    return digest.hexdigest()[:32]
+
+
+def differences(stored: dict, current: dict) -> list[str]:
+    """How a stored fingerprint differs from this run's, in words."""
+    both_weights = stored.get("teacher_weights") and current.get("teacher_weights")
+    # A local teacher's path may differ between machines; its weights are what count.
+    keys = [k for k in current if k not in ("teacher", "teacher_weights")]
+    keys.insert(0, "teacher_weights" if both_weights else "teacher")
+    names = {"teacher_weights": "the teacher's weights", "rows": "the tokenized training rows (data, "
+             "max_samples, seed, eval_fraction or chat template)", "tokenizer": "the tokenizer"}
+    found = []
+    for key in keys:
+        if stored.get(key) != current.get(key):
+            if key in ("rows", "tokenizer", "teacher_weights"):
+                found.append(f"{names[key]} differ")
+            else:
+                found.append(f"{key}: cache {stored.get(key)!r}, this run {current.get(key)!r}")
+    return found
+
+
+# ---- the directory ----------------------------------------------------------------------------
+
+def read_manifest(directory: Path) -> dict | None:
+    path = directory.expanduser() / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        if manifest.get("format") != FORMAT or "fingerprint" not in manifest:
+            raise ValueError("unknown format")
+    except (OSError, ValueError) as exc:
+        raise ui.UserError(f"{path} is damaged or not a finetuner teacher cache ({exc})",
+                           hint=f"delete {directory} to rebuild the cache, or choose another teacher_cache") from None
+    return manifest
+
+
+def _complete(directory: Path, manifest: dict) -> bool:
+    return all((directory.expanduser() / shard_name(i)).is_file() for i in range(manifest["shards"]))
+
+
+def complete_manifest(directory: Path) -> dict | None:
+    """The manifest of a finished cache in `directory` (not yet checked against a run), else None."""
+    manifest = read_manifest(directory)
+    return manifest if manifest and _complete(directory, manifest) else None
+
+
+def is_complete(cfg: RunConfig) -> bool:
+    return bool(cfg.is_distillation and getattr(cfg, "distillation_mode", "logits") != "responses"
+                and cfg.teacher_cache and complete_manifest(Path(cfg.teacher_cache)))
+
+
+def stands_in_for_teacher(cfg: RunConfig) -> bool:
+    """A complete cache and no teacher on this machine: the cache replaces the teacher entirely
+    (its tokenizer and config are not read; the fingerprint checks the student's tokenizer)."""
+    return is_complete(cfg) and sources.check_model(cfg.teacher) is not None
+
+
+def stored_vocab_size(cfg: RunConfig) -> int:
+    return read_manifest(Path(cfg.teacher_cache))["fingerprint"]["vocab_size"]
+
+
+def _check_directory(directory: Path, current: dict) -> dict | None:
+    """The matching manifest, None for a new cache; refuses (or, with consent, clears) a mismatch."""
+    manifest = read_manifest(directory)
+    if manifest is None:
+        if directory.exists() and any(directory.iterdir()):
+            raise ui.UserError(f"teacher_cache {directory} holds other files, not a teacher cache",
+                               hint="choose an empty or new directory for teacher_cache")
+        return None
+    stored = manifest["fingerprint"]
+    if current["teacher_weights"] is None:
+        ui.info(f"the teacher {current['teacher']} is not on this machine: the cache is trusted to hold its "
+                "outputs (its tokenizer, rows and settings are checked)")
+    problems = differences(stored, current)
+    if not problems:
+        return manifest
+    message = f"the teacher cache in {directory} was built for another run: {'; '.join(problems)}"
+    if ui.is_interactive():
+        import questionary
+
+        ui.warning(message)
+        if questionary.confirm(f"Delete the cache files in {directory} and rebuild them?", default=False).unsafe_ask():
+            remove(directory)
+            return None
+    raise ui.UserError(message, hint="choose another teacher_cache directory, or delete this one to rebuild it")
+
+
+def _write_manifest(directory: Path, current: dict, rows: datasets.Dataset) -> dict:
+    manifest = {"format": FORMAT, "fingerprint": current, "rows": len(rows), "rows_per_shard": ROWS_PER_SHARD,
+                "shards": math.ceil(len(rows) / ROWS_PER_SHARD), "counted_tokens": counted_tokens(rows),
+                "bytes_per_token": bytes_per_token(current["top_k"]),
+                "layout": {"logprobs": "float16 [N, k]", "ids": "int32 [N, k]", "tail": "float32 [N]",
+                           "offsets": "int64 [rows + 1]"}}
+    directory.mkdir(parents=True, exist_ok=True)
+    staging = directory / (MANIFEST + ".tmp")
+    staging.write_text(json.dumps(manifest, indent=1))
+    os.replace(staging, directory / MANIFEST)
+    return manifest
+
+
+def counted_tokens(rows: datasets.Dataset) -> int:
+    """Positions the loss counts: labels after the first that are not -100."""
+    return sum(sum(1 for label in labels[1:] if label != -100) for labels in rows["labels"])
+
+
+def with_row_index(rows: datasets.Dataset) -> datasets.Dataset:
+    return rows.add_column(ROW_INDEX, list(range(len(rows))))
+
+
+# ---- building ---------------------------------------------------------------------------------
+
+def ensure(cfg: RunConfig, rows: datasets.Dataset, tokenizer, vocab_size: int,
+           load_teacher: Callable[[], object]) -> "TopKCache":
+    """The cache for these rows: checked against this run, completed if it is not (loading the
+    teacher only then), and opened for reading."""
+    directory = Path(cfg.teacher_cache).expanduser()
+    current = fingerprint(cfg, tokenizer, rows, vocab_size)
+    manifest = _check_directory(directory, current) or _write_manifest(directory, current, rows)
+    missing = [i for i in range(manifest["shards"]) if not (directory / shard_name(i)).is_file()]
+    size = manifest["counted_tokens"] * manifest["bytes_per_token"]
+    if not missing:
+        ui.success(f"Teacher cache complete in {directory} ({manifest['counted_tokens']:,} tokens, {_size(size)}): "
+                   "the teacher is not loaded")
+        return TopKCache(directory)
+    _check_space(directory, size * len(missing) / manifest["shards"])
+    done = manifest["shards"] - len(missing)
+    ui.step(f"Caching the teacher's top-{cfg.teacher_top_k} for {manifest['counted_tokens']:,} tokens in "
+            f"{directory} ({_size(size)})" + (f"; resuming: {done} of {manifest['shards']} shards done" if done else ""))
+    teacher = load_teacher()
+    started, report_every = time.perf_counter(), max(1, len(missing) // 10)
+    for number, index in enumerate(missing, start=1):
+        _build_shard(teacher, rows, index, manifest["rows_per_shard"], directory, cfg, tokenizer, vocab_size)
+        if number % report_every == 0 or number == len(missing):
+            ui.info(f"{done + number} of {manifest['shards']} shards written "
+                    f"({number / (time.perf_counter() - started):.2f} shards/s)")
+    return TopKCache(directory)
+
+
+def _check_space(directory: Path, needed: float) -> None:
+    from finetuner.disk import free_bytes
+
+    free = free_bytes(directory)
+    if needed > free:
+        raise ui.UserError(f"not enough disk space for the teacher cache in {directory}: about {_size(needed)} "
+                           f"needed, {_size(free)} free",
+                           hint="free some space, choose a teacher_cache on a larger disk, or lower teacher_top_k")
+
+
+def _build_shard(teacher, rows: datasets.Dataset, index: int, rows_per_shard: int, directory: Path,
+                 cfg: RunConfig, tokenizer, vocab_size: int) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from finetuner.data import make_collator
+    from finetuner.losses import select_targets
+    from finetuner.objectives.topk import teacher_topk
+
+    first = index * rows_per_shard
+    shard = rows.select(range(first, min(first + rows_per_shard, len(rows))))
+    collate = make_collator(tokenizer)
+    head, decoder = teacher.get_output_embeddings(), teacher.get_decoder()
+    device = head.weight.device
+    # Rows sorted by length waste less padding; results go back to training order below.
+    columns = {name: shard[name] for name in ("input_ids", "attention_mask", "labels")}
+    order = sorted(range(len(shard)), key=lambda i: len(columns["input_ids"][i]))
+    per_row: dict[int, tuple] = {}
+    with torch.inference_mode():
+        for start in range(0, len(order), cfg.batch_size):
+            members = order[start:start + cfg.batch_size]
+            batch = collate([{name: column[i] for name, column in columns.items()} for i in members])
+            hidden = decoder(input_ids=batch["input_ids"].to(device),
+                             attention_mask=batch["attention_mask"].to(device)).last_hidden_state
+            mask, _ = select_targets(batch["labels"].to(device))
+            counted = hidden[:, :-1][mask]
+            parts = [teacher_topk(head(counted[s:s + 1024])[:, :vocab_size], cfg.teacher_top_k, cfg.temperature)
+                     for s in range(0, max(len(counted), 1), 1024)]
+            logprobs, ids, tail = (torch.cat(column) for column in zip(*parts))
+            for member, piece in zip(members, mask.sum(1).tolist()):
+                per_row[member] = (logprobs[:piece], ids[:piece], tail[:piece])
+                logprobs, ids, tail = logprobs[piece:], ids[piece:], tail[piece:]
+    ordered = [per_row[i] for i in range(len(shard))]
+    counts = torch.tensor([len(entry[0]) for entry in ordered])
+    tensors = {"logprobs": torch.cat([e[0] for e in ordered]).to(torch.float16).cpu(),
+               "ids": torch.cat([e[1] for e in ordered]).to(torch.int32).cpu(),
+               "tail": torch.cat([e[2] for e in ordered]).float().cpu(),
+               "offsets": torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])}
+    staging = directory / (shard_name(index) + ".tmp")
+    save_file(tensors, str(staging), metadata={"first_row": str(first), "rows": str(len(shard))})
+    os.replace(staging, directory / shard_name(index))  # atomic: a kill leaves no half shard
+
+
+# ---- reading ----------------------------------------------------------------------------------
+
+@dataclass
+class _Shard:
+    handle: object
+    offsets: list[int]
+
+
+class TopKCache:
+    """Random access to a complete cache; each process reads only the rows its batches hold."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self.manifest = read_manifest(self.directory)
+        self.rows_per_shard = self.manifest["rows_per_shard"]
+        self.temperature = self.manifest["fingerprint"]["temperature"]
+        self._shards: dict[int, _Shard] = {}
+        for index in range(self.manifest["shards"]):  # open every header now: damage shows before training
+            self._shard(index)
+
+    def _shard(self, index: int) -> _Shard:
+        if index not in self._shards:
+            from safetensors import safe_open
+
+            path = self.directory / shard_name(index)
+            try:
+                handle = safe_open(str(path), framework="pt")
+                offsets = handle.get_tensor("offsets").tolist()
+                expected = min(self.rows_per_shard, self.manifest["rows"] - index * self.rows_per_shard)
+                if len(offsets) != expected + 1 or handle.get_slice("ids").get_shape()[0] != offsets[-1]:
+                    raise ValueError("its row offsets do not match its entries")
+            except Exception as exc:  # safetensors raises its own error types for damaged files
+                raise ui.UserError(f"teacher cache file {path} is damaged ({str(exc).splitlines()[0]})",
+                                   hint=f"delete {path.name} and run with --cache-teacher to rebuild it") from None
+            self._shards[index] = _Shard(handle, offsets)
+        return self._shards[index]
+
+    def entries(self, row_indices: list[int], counts: list[int]) -> TeacherEntries:
+        """The cached entries for these rows, concatenated in batch order (as `select_targets` reads)."""
+        import torch
+
+        from finetuner.objectives.topk import TeacherEntries
+
+        parts = []
+        for row, count in zip(row_indices, counts):
+            shard = self._shard(row // self.rows_per_shard)
+            local = row % self.rows_per_shard
+            start, stop = shard.offsets[local], shard.offsets[local + 1]
+            if stop - start != count:
+                raise ui.UserError(f"the teacher cache has {stop - start} positions for training row {row}, "
+                                   f"the batch has {count}: the cache does not match these rows",
+                                   hint=f"delete {self.directory} to rebuild it")
+            # float16 widened at once: CPU autocast refuses to concatenate float16 tensors.
+            parts.append([shard.handle.get_slice("logprobs")[start:stop].float(),
+                          shard.handle.get_slice("ids")[start:stop], shard.handle.get_slice("tail")[start:stop]])
+        if not parts:
+            k = min(self.manifest["fingerprint"]["top_k"], self.manifest["fingerprint"]["vocab_size"])
+            return TeacherEntries(torch.zeros(0, k), torch.zeros(0, k, dtype=torch.int32), torch.zeros(0))
+        return TeacherEntries(*(torch.cat(column) for column in zip(*parts)))
+
+    def entries_for_batch(self, row_index: Tensor, labels: Tensor) -> TeacherEntries:
+        counts = (labels[:, 1:] != -100).sum(1).tolist()
+        return self.entries(row_index.tolist(), counts)
+
+
+def remove(directory: Path) -> None:
+    """Delete a cache's own files (never anything else in the directory)."""
+    for path in [directory / MANIFEST, *directory.glob("shard-*.safetensors*")]:
+        path.unlink()
+    if directory.is_dir() and not any(directory.iterdir()):
+        shutil.rmtree(directory)

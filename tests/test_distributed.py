@@ -1,0 +1,152 @@
+"""Two processes on CPU (gloo) through torchrun, as a user launches them: the ranks share the rows,
+stay identical step by step, match one process on the same global batch, and write one output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from finetune_cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 3
+PER_RANK_BATCH = 4
+
+
+def distill_answers(tmp_path: Path, name: str, teacher: Path, student: Path, data: Path, batch: int) -> Path:
+    answers = dict(approach="distillation", teacher=str(teacher), student=str(student), student_layers=None,
+                   dataset=str(data), output_dir=str(tmp_path / name), max_samples=40, max_length=64, epochs=1,
+                   max_steps=STEPS, batch_size=batch, gradient_accumulation=1, learning_rate=3e-3,
+                   save_steps=2, benchmark=False, upload=False, seed=0)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(answers))
+    return path
+
+
+def read_trace(directory: Path, rank: int) -> list[dict]:
+    return [json.loads(line) for line in (directory / f"rank{rank}.jsonl").read_text().splitlines()]
+
+
+def distance(a: dict, b: dict) -> float:
+    return sum(float((a[k] - b[k]).norm() ** 2) for k in a) ** 0.5
+
+
+def first_ce(out: Path) -> float:
+    history = json.loads((out / "training_log.json").read_text())["log_history"]
+    return next(entry["ce"] for entry in history if "ce" in entry)
+
+
+def weights(directory: Path, rank: int, step: int) -> dict[str, torch.Tensor]:
+    return torch.load(directory / f"rank{rank}-step{step}.pt")
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_distill_like_one(tmp_path, tiny_llama, tiny_llama_small, qa_file, monkeypatch):
+    env = {**os.environ, "FINETUNER_TRACE_DIR": str(tmp_path / "trace2"), "OMP_NUM_THREADS": "1",
+           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    two = distill_answers(tmp_path, "two", tiny_llama, tiny_llama_small, qa_file, PER_RANK_BATCH)
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "finetune_cli.py", "--answers", str(two), "--defaults", "--yes"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    # The same global batch on one process.
+    monkeypatch.setenv("FINETUNER_TRACE_DIR", str(tmp_path / "trace1"))
+    one = distill_answers(tmp_path, "one", tiny_llama, tiny_llama_small, qa_file, 2 * PER_RANK_BATCH)
+    assert main(["--answers", str(one), "--defaults", "--yes"]) == 0
+
+    ranks = [read_trace(tmp_path / "trace2", r) for r in (0, 1)]
+    single = read_trace(tmp_path / "trace1", 0)
+    assert [len(r) for r in ranks] == [STEPS, STEPS] and len(single) == STEPS
+    assert all(line["world_size"] == 2 for r in ranks for line in r)  # two processes really ran
+    for step, (a, b, s) in enumerate(zip(*ranks, single), start=1):
+        assert len(a["rows"]) == len(b["rows"]) == PER_RANK_BATCH
+        assert not set(a["rows"]) & set(b["rows"]), f"step {step}: both ranks trained on the same rows"
+        assert sorted(a["rows"] + b["rows"]) == sorted(s["rows"]), f"step {step}: not the single run's batch"
+        assert a["weights_sha1"] == b["weights_sha1"], f"step {step}: the ranks' weights differ"
+        # One process on the same global batch: the same weights, up to float rounding (bf16 autocast
+        # over differently padded batches), far below what a step moves them.
+        start, w_one, w_two = (weights(tmp_path / d, 0, st) for d, st in (("trace1", 0), ("trace1", step),
+                                                                            ("trace2", step)))
+        assert w_two.keys() == w_one.keys()
+        moved = distance(w_one, start)
+        assert distance(w_two, w_one) <= 0.01 * moved, (step, distance(w_two, w_one), moved)
+    assert moved > 0.1  # the last step trained (the first one warms up from lr 0)
+    # The logged CE is the global batch's (summed over ranks), not rank 0's share.
+    assert first_ce(tmp_path / "two") == pytest.approx(first_ce(tmp_path / "one"), rel=0.02)
+
+    out = tmp_path / "two"
+    log = json.loads((out / "training_log.json").read_text())
+    assert log["completed"] and log["log_history"][-1]["step"] == STEPS
+    # Exactly one set of outputs: the same files a single process writes.
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert (out / "model" / "model.safetensors").is_file()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-3"]
+    assert run.stdout.count("Model saved in") == 1 and run.stdout.count("training: ") == 1
+
+
+@pytest.mark.parametrize("build", ["llama", "gpt2", "llama-lora", "no-logits-to-keep"])
+def test_final_hidden_states_through_the_wrapper(tiny_llama, tiny_gpt2, build):
+    """The wrapper's forward gives what the LM head sees, without computing [B, L, V] logits."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    from finetuner.distributed import decoder_outputs
+
+    class ClassicLlama(LlamaForCausalLM):  # a forward without logits_to_keep, as in older remote code
+        def forward(self, input_ids=None, attention_mask=None, use_cache=None, output_hidden_states=None):
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache,
+                                   output_hidden_states=output_hidden_states)
+
+    loader = ClassicLlama if build == "no-logits-to-keep" else AutoModelForCausalLM
+    model = loader.from_pretrained(tiny_gpt2 if build == "gpt2" else tiny_llama)
+    ids = torch.randint(5, 300, (2, 12))
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+    heads = []
+    model.get_output_embeddings().register_forward_hook(lambda m, a, out: heads.append(tuple(out.shape)))
+    wrapped = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"])) \
+        if build == "llama-lora" else model
+    hidden = decoder_outputs(wrapped, ids, mask).last_hidden_state
+    torch.testing.assert_close(hidden, expected)
+    vocab = model.config.vocab_size
+    assert heads == [(2, 12, vocab) if build == "no-logits-to-keep" else (2, 0, vocab)]
+
+
+@pytest.mark.slow
+def test_torchrun_responses_mode_asks_the_teacher_once(tmp_path, tiny_gpt2, tiny_llama_small, qa_file):
+    """A teacher that writes: the main process writes the responses, the other rank reads its cache
+    (no prompt is paid for twice), and both ranks train on different rows in step."""
+    answers = dict(approach="distillation", teacher=str(tiny_gpt2), student=str(tiny_llama_small),
+                   student_layers=None, dataset=str(qa_file), output_dir=str(tmp_path / "out"),
+                   distillation_mode="responses", max_samples=12, eval_fraction=0.2, max_length=64, max_steps=2,
+                   batch_size=2, gradient_accumulation=1, save_steps=10, generation_max_new_tokens=8,
+                   generation_drop_incomplete=False, generation_temperature=1.0, benchmark=False, upload=False)
+    path = tmp_path / "answers.yaml"
+    path.write_text(yaml.safe_dump(answers))
+    env = {**os.environ, "FINETUNER_TRACE_DIR": str(tmp_path / "trace"), "OMP_NUM_THREADS": "1",
+           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "finetune_cli.py", "--answers", str(path), "--defaults", "--yes"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    from finetuner.teachers.cache import CACHE_FILE
+
+    requests = [json.loads(line) for line in (tmp_path / "out" / CACHE_FILE).read_text().splitlines()]
+    assert len(requests) == 12  # 10 training + 2 held-out prompts, each asked once
+    ranks = [read_trace(tmp_path / "trace", r) for r in (0, 1)]
+    assert [len(r) for r in ranks] == [2, 2]
+    for a, b in zip(*ranks):
+        assert a["world_size"] == b["world_size"] == 2
+        assert a["rows"] and not set(a["rows"]) & set(b["rows"])
+        assert a["weights_sha1"] == b["weights_sha1"]
+    assert run.stdout.count("Model saved in") == 1

@@ -276,6 +276,8 @@ def run(args: argparse.Namespace) -> int:
     if not distributed.is_main_process():
         return 0  # the main process saved the model; it alone benchmarks and uploads
     ui.success(f"Model saved in {result.model_dir}")
+    if cfg.is_distillation and cfg.sft_baseline and sft_baseline_stage(cfg) == 130:
+        return 130
     describe_adapter(cfg)
 
     if cfg.benchmark and applies("benchmark", cfg):
@@ -287,6 +289,20 @@ def run(args: argparse.Namespace) -> int:
     summary.show(cfg.output_dir, result.seconds, time.perf_counter() - started,
                  estimate=plan.estimated_seconds(cfg, checked.data), hub_repo=cfg.hub_repo, uploaded=uploaded)
     offer_launch(cfg)
+    return 0
+
+
+def sft_baseline_stage(cfg: RunConfig) -> int:
+    """Train the same student plainly (alpha 1) beside the distilled one, for the benchmark to compare."""
+    from finetuner.baseline import train_sft_baseline
+
+    ui.step("Training the SFT baseline: the same student, rows and steps, plain fine-tuning (alpha 1)")
+    result = train_sft_baseline(cfg)
+    if result.interrupted:
+        ui.warning("Interrupted while training the SFT baseline; the distilled model is saved. "
+                   f"Benchmark it with:  python finetune_cli.py --benchmark-only {cfg.output_dir}")
+        return 130
+    ui.success(f"SFT baseline saved in {result.model_dir}")
     return 0
 
 

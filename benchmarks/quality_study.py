@@ -183,8 +183,8 @@ def evaluate(label: str, model_dir: Path | str, heldout: list[dict], preset: Pre
     model = models.load_model(str(model_dir), for_training=False)
     tokenizer = models.load_tokenizer(str(model_dir))
     answered = heldout[:preset.generate_rows]
-    result = benchmark.evaluate(label, model, tokenizer, answered, preset.max_new_tokens, model_dir,
-                                keep_samples=len(answered), batch_size=16)
+    result, _ = benchmark.evaluate(label, model, tokenizer, answered, preset.max_new_tokens, model_dir,
+                                   batch_size=16, max_length=preset.max_length)
     generations = [s["generation"] for s in result.samples]
     row = {"label": label, "model_dir": str(model_dir), "parameters": result.parameters,
            "size_on_disk_mb": result.size_on_disk_mb, "rouge": result.rouge,

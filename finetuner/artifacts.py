@@ -15,6 +15,7 @@ MODEL_DIR = "model"
 ADAPTER_DIR = "adapter"
 CHECKPOINTS_DIR = "checkpoints"
 STUDENT_LAYERS_FILE = "student_layers.json"  # which teacher layers a derived student kept
+SFT_BASELINE_DIR = "sft-baseline"  # the plainly fine-tuned student trained beside a distilled one
 
 
 def write_text_atomic(path: Path, text: str) -> Path:

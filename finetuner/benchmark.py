@@ -8,14 +8,21 @@ benchmark.json (written by `save`):
 {
   "approach": "fine-tuning" | "distillation",
   "samples": int, "max_new_tokens": int, "metrics": ["rouge1", "rouge2", "rougeL"],
-  "models": [{"label", "rouge": {metric: F1}, "parameters", "size_on_disk_mb" | null,
-              "tokens_per_s", "peak_memory_mb", "samples": [{"prompt", "reference", "generation"}]}, ...],
-                                               # in run order; the last is the model this run made
+  "models": [{"label", "rouge": {metric: F1},
+              "perplexity",                    # of the reference answers (teacher forcing)
+              "loop_rate",                     # share of answers repeating a word 4-gram 3+ times
+              "fidelity_rougeL", "top1_agreement",  # vs the teacher (distillation); null for the teacher
+              "parameters", "size_on_disk_mb", "tokens_per_s", "peak_memory_mb",  # null when unknown
+              "source": "weights" | "answers file",  # the teacher answered from teacher_heldout.jsonl
+              "samples": [{"prompt", "reference", "generation"}, ...]},  # every prompt benchmarked
+             ...],                             # in run order; the last is the model this run made
   "baseline": label | null,                    # base model / student before distillation
   "final": label,                              # the model this run produced
   "teacher": label | null,                     # distillation only
+  "sft_baseline": label | null,                # the same student fine-tuned plainly (sft_baseline)
   "deltas": {metric: final - baseline} | null,
-  "retained": {metric: final / teacher} | null # distillation only; null per metric if teacher scored 0
+  "retained": {metric: final / teacher} | null, # distillation only; null per metric if teacher scored 0
+  "verdict": {"checks": [...], "passed", "total", "summary": one line} | null   # see verdict.py
 }
 """
 
@@ -64,7 +71,11 @@ def generate(model, tokenizer, prompts: list[str | list[dict]], max_new_tokens: 
              batch_size: int = 8) -> tuple[list[str], dict]:
     """Greedy answers to raw user prompts, decoded from the new tokens only.
 
-    Returns the answers and {"generated_tokens", "seconds", "tokens_per_s"}.
+    Returns the answers and {"generated_tokens", "decoded_tokens", "seconds", "tokens_per_s"}.
+    generated_tokens are the answers' own (up to the first stop token); tokens_per_s is decoding
+    throughput, decoded_tokens / seconds, where a batch decodes every row until its longest answer
+    stops. Counting only answer tokens would make a model that stops early in some rows of a batch
+    look slower, though each step costs it the same.
     """
     import torch
 
@@ -77,7 +88,7 @@ def generate(model, tokenizer, prompts: list[str | list[dict]], max_new_tokens: 
         tokenizer.pad_token = tokenizer.eos_token
     stop_ids = _stop_ids(model, tokenizer)
     answers: list[str] = []
-    generated = 0
+    generated = decoded = 0
     start = time.perf_counter()
     try:
         for i in range(0, len(prompts), batch_size):
@@ -93,12 +104,13 @@ def generate(model, tokenizer, prompts: list[str | list[dict]], max_new_tokens: 
                                         pad_token_id=tokenizer.pad_token_id)
             new_tokens = output[:, batch["input_ids"].shape[1]:]
             generated += sum(_answer_length(row, stop_ids) for row in new_tokens.tolist())
+            decoded += new_tokens.numel()
             answers += [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
     finally:
         tokenizer.padding_side, tokenizer.pad_token = saved
     seconds = time.perf_counter() - start
-    return answers, {"generated_tokens": generated, "seconds": round(seconds, 3),
-                     "tokens_per_s": round(generated / seconds, 2) if seconds > 0 else 0.0}
+    return answers, {"generated_tokens": generated, "decoded_tokens": decoded, "seconds": round(seconds, 3),
+                     "tokens_per_s": round(decoded / seconds, 2) if seconds > 0 else 0.0}
 
 
 def _stop_ids(model, tokenizer) -> set[int]:
@@ -121,6 +133,13 @@ def _answer_length(tokens: list[int], stop_ids: set[int]) -> int:
 def perplexity(model, tokenizer, heldout: list[dict], max_length: int, batch_size: int = 8) -> float:
     """exp(mean negative log-likelihood per reference-answer token), prompts given, tokenized as
     in training. Teacher forcing only, so it is cheap and independent of decoding choices."""
+    return reference_pass(model, tokenizer, heldout, max_length, batch_size)[0]
+
+
+def reference_pass(model, tokenizer, heldout: list[dict], max_length: int,
+                   batch_size: int = 8) -> tuple[float, list[list[int]]]:
+    """One teacher-forced pass over the reference answers: their perplexity, and for each row the
+    model's top-1 prediction at every reference token (what `top1_agreement` compares)."""
     import torch
     import torch.nn.functional as F
 
@@ -129,17 +148,24 @@ def perplexity(model, tokenizer, heldout: list[dict], max_length: int, batch_siz
     encoded = encode_heldout(heldout, tokenizer, max_length)
     collate = make_collator(tokenizer)
     model.eval()
-    total, count = 0.0, 0
+    total, count, predictions = 0.0, 0, []
     with torch.inference_mode():
         for i in range(0, len(encoded), batch_size):
             batch = collate([{**e, "attention_mask": [1] * len(e["input_ids"])} for e in encoded[i:i + batch_size]])
             batch = {k: v.to(model.device) for k, v in batch.items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
             labels = batch["labels"][:, 1:]
-            total += float(F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels,
-                                           ignore_index=-100, reduction="sum"))
+            total += float(F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="sum"))
             count += int((labels != -100).sum())
-    return math.exp(total / count) if count else float("nan")
+            top1 = logits.argmax(-1)
+            predictions += [row[mask].tolist() for row, mask in zip(top1, labels != -100)]
+    return (math.exp(total / count) if count else float("nan")), predictions
+
+
+def top1_agreement(predictions: list[list[int]], teacher_predictions: list[list[int]]) -> float:
+    """The share of reference tokens where two models' top-1 predictions are the same token."""
+    pairs = [(a, b) for row, teacher_row in zip(predictions, teacher_predictions) for a, b in zip(row, teacher_row)]
+    return sum(a == b for a, b in pairs) / len(pairs) if pairs else 0.0
 
 
 # ---- memory ---------------------------------------------------------------------------------
@@ -211,20 +237,40 @@ def _weight_bytes(model) -> int:
 # ---- one model ------------------------------------------------------------------------------
 
 @dataclass
+class TeacherSignal:
+    """What fidelity compares a model with: the teacher's answers, and its top-1 predictions on
+    the reference tokens (None when the teacher answered from a file, without weights)."""
+    answers: list[str]
+    top1: list[list[int]] | None = None
+
+
+@dataclass
 class ModelResult:
     label: str
     rouge: dict[str, float]
-    parameters: int
+    parameters: int | None  # None: a teacher that answered from teacher_heldout.jsonl (no weights here)
     size_on_disk_mb: float | None  # None for a model that exists only in memory
-    tokens_per_s: float
+    tokens_per_s: float | None  # decoding throughput; see `generate`
     # Memory this model needs to answer: its weights (parameters + buffers) plus the peak
     # growth while generating (activations, KV cache); see _PeakMemory for how it is measured.
-    peak_memory_mb: float
-    samples: list[dict[str, str]] = field(default_factory=list)  # prompt/reference/generation
+    peak_memory_mb: float | None
+    samples: list[dict[str, str]] = field(default_factory=list)  # every prompt/reference/generation
+    perplexity: float | None = None  # of the reference answers
+    loop_rate: float = 0.0  # share of answers with a 4-gram repeated 3+ times (metrics.loop_rate)
+    # Fidelity to the teacher: ROUGE-L of this model's answers against the teacher's, and top-1
+    # agreement with the teacher on the reference tokens. None for the teacher and without one.
+    fidelity_rougeL: float | None = None
+    top1_agreement: float | None = None
+    source: str = "weights"  # "answers file": scored from teacher_heldout.jsonl
 
 
 def evaluate(label: str, model, tokenizer, heldout: list[dict], max_new_tokens: int,
-             model_dir: str | Path | None = None, keep_samples: int = 3, batch_size: int = 8) -> ModelResult:
+             model_dir: str | Path | None = None, batch_size: int = 8, max_length: int = 512,
+             teacher: TeacherSignal | None = None) -> tuple[ModelResult, TeacherSignal]:
+    """Answer every held-out prompt and score the answers; also returns this model's own signal,
+    so the teacher's evaluation gives what the models after it are compared with."""
+    from finetuner.metrics import loop_rate
+
     prompts = [row.get("messages") or row["prompt"] for row in heldout]
     references = [row["reference"] for row in heldout]
     # A model's first generate call pays one-off setup (up to seconds on CPU); keep it out of
@@ -232,27 +278,40 @@ def evaluate(label: str, model, tokenizer, heldout: list[dict], max_new_tokens: 
     generate(model, tokenizer, prompts[:1], max_new_tokens=2)
     with _PeakMemory(model.device) as memory:
         answers, stats = generate(model, tokenizer, prompts, max_new_tokens, batch_size=batch_size)
-    samples = [{"prompt": p, "reference": r, "generation": g}
-               for p, r, g in list(zip([row["prompt"] for row in heldout], references, answers))[:keep_samples]]
-    return ModelResult(
+    ppl, top1 = reference_pass(model, tokenizer, heldout, max_length, batch_size)
+    result = ModelResult(
         label=label,
         rouge={m: round(v, 4) for m, v in rouge(answers, references).items()},
         parameters=_parameter_count(model),
         size_on_disk_mb=_size_mb(model_dir) if model_dir is not None else None,
         tokens_per_s=stats["tokens_per_s"],
         peak_memory_mb=round((_weight_bytes(model) + memory.growth) / 2**20, 1),
-        samples=samples,
+        samples=_samples(heldout, answers),
+        perplexity=round(ppl, 4),
+        loop_rate=round(loop_rate(answers), 4),
     )
+    if teacher is not None:
+        result.fidelity_rougeL = round(rouge(answers, teacher.answers)["rougeL"], 4)
+        if teacher.top1 is not None:
+            result.top1_agreement = round(top1_agreement(top1, teacher.top1), 4)
+    return result, TeacherSignal(answers, top1)
 
 
-def from_answers(label: str, heldout: list[dict], answers: dict[str, str], keep_samples: int = 3) -> ModelResult:
-    """A model known only by its answers (an API teacher's cached held-out answers): ROUGE only."""
-    generations = [answers.get(row["prompt"], "") for row in heldout]
+def evaluate_answers(label: str, answers: list[str], heldout: list[dict]) -> tuple[ModelResult, TeacherSignal]:
+    """Score answers written elsewhere (an API teacher's teacher_heldout.jsonl): text metrics only."""
+    from finetuner.metrics import loop_rate
+
     references = [row["reference"] for row in heldout]
-    samples = [{"prompt": row["prompt"], "reference": ref, "generation": gen}
-               for row, ref, gen in list(zip(heldout, references, generations))[:keep_samples]]
-    return ModelResult(label=label, rouge={m: round(v, 4) for m, v in rouge(generations, references).items()},
-                       parameters=0, size_on_disk_mb=None, tokens_per_s=0.0, peak_memory_mb=0.0, samples=samples)
+    result = ModelResult(label=label, rouge={m: round(v, 4) for m, v in rouge(answers, references).items()},
+                         parameters=None, size_on_disk_mb=None, tokens_per_s=None, peak_memory_mb=None,
+                         samples=_samples(heldout, answers), loop_rate=round(loop_rate(answers), 4),
+                         source="answers file")
+    return result, TeacherSignal(answers)
+
+
+def _samples(heldout: list[dict], answers: list[str]) -> list[dict[str, str]]:
+    return [{"prompt": row["prompt"], "reference": row["reference"], "generation": answer}
+            for row, answer in zip(heldout, answers)]
 
 
 def _parameter_count(model) -> int:
@@ -270,17 +329,23 @@ def _size_mb(directory: str | Path) -> float:
 
 # ---- comparing ------------------------------------------------------------------------------
 
+SFT_BASELINE = "SFT baseline"  # the label of the plainly fine-tuned student (sft_baseline)
+
+
 def compare(results: list[ModelResult], approach: str) -> dict[str, Any]:
     """The report. Results come in run order: the last one is always the model this run made.
 
     fine-tuning:  [base, fine-tuned]                 (or just [fine-tuned])
-    distillation: [teacher, student before, student after]  (or [teacher, student after])
+    distillation: [teacher, student before, (SFT baseline,) student after]  (or [teacher, student after])
     """
+    from finetuner.verdict import verdict
+
     if not results:
         raise ValueError("compare needs at least one result")
     final = results[-1]
     teacher = results[0] if approach == "distillation" and len(results) > 1 else None
     baseline = _baseline(results, approach)
+    sft = next((r for r in results[:-1] if r.label == SFT_BASELINE), None)
     report: dict[str, Any] = {
         "approach": approach,
         "metrics": list(METRICS),
@@ -288,17 +353,19 @@ def compare(results: list[ModelResult], approach: str) -> dict[str, Any]:
         "baseline": baseline.label if baseline else None,
         "final": final.label,
         "teacher": teacher.label if teacher else None,
+        "sft_baseline": sft.label if sft else None,
         "deltas": ({m: round(final.rouge[m] - baseline.rouge[m], 4) for m in METRICS}
                    if baseline else None),
         "retained": ({m: _ratio(final.rouge[m], teacher.rouge[m]) for m in METRICS}
                      if teacher else None),
     }
+    report["verdict"] = verdict(report)
     return report
 
 
 def _baseline(results: list[ModelResult], approach: str) -> ModelResult | None:
     if approach == "distillation":
-        return results[1] if len(results) >= 3 else None
+        return results[1] if len(results) >= 3 and results[1].label != SFT_BASELINE else None
     return results[0] if len(results) >= 2 else None
 
 
@@ -308,22 +375,30 @@ def _ratio(value: float, reference: float) -> float | None:
 
 # ---- showing and saving ---------------------------------------------------------------------
 
-TABLE_HEADERS = ("Model", "ROUGE-1", "ROUGE-2", "ROUGE-L", "Params", "Disk MB", "Tok/s", "Peak MB")
+QUALITY_HEADERS = ("Model", "ROUGE-1", "ROUGE-2", "ROUGE-L", "Fid. RL", "Top-1", "PPL", "Loops")
+COST_HEADERS = ("Model", "Params", "Disk MB", "Tok/s", "Peak MB")
+# Kept for callers of the one-table layout: the quality table.
+TABLE_HEADERS = QUALITY_HEADERS
 
 
 def table_rows(report: dict) -> list[list[str]]:
-    """The comparison as text cells (TABLE_HEADERS): one row per model, then the "Δ" and
-    "retained" rows (`table_note` says what they compare). Shared by the terminal table and
-    the model card."""
-    rows = [[m["label"], *(f"{m['rouge'][k]:.3f}" for k in METRICS), _millions(m["parameters"]),
-             _maybe(m["size_on_disk_mb"]), f"{m['tokens_per_s']:.1f}", f"{m['peak_memory_mb']:.0f}"]
+    """The quality comparison as text cells (QUALITY_HEADERS): one row per model, then the "Δ"
+    and "retained" rows (`table_note` says what they compare). Shared by the terminal and the model card."""
+    rows = [[m["label"], *(f"{m['rouge'][k]:.3f}" for k in METRICS), _fixed(m.get("fidelity_rougeL")),
+             _percent(m.get("top1_agreement")), _fixed(m.get("perplexity"), 2), _percent(m.get("loop_rate"))]
             for m in report["models"]]
-    blank = [""] * (len(TABLE_HEADERS) - 1 - len(METRICS))
+    blank = [""] * (len(QUALITY_HEADERS) - 1 - len(METRICS))
     if report.get("deltas"):
         rows.append(["Δ", *(f"{report['deltas'][k]:+.3f}" for k in METRICS), *blank])
     if report.get("retained"):
         rows.append(["retained", *(_percent(report["retained"][k]) for k in METRICS), *blank])
     return rows
+
+
+def cost_rows(report: dict) -> list[list[str]]:
+    """Size and speed as text cells (COST_HEADERS), one row per model."""
+    return [[m["label"], _millions(m["parameters"]), _fixed(m["size_on_disk_mb"], 1),
+             _fixed(m["tokens_per_s"], 1), _fixed(m["peak_memory_mb"], 0)] for m in report["models"]]
 
 
 def table_note(report: dict) -> str:
@@ -332,15 +407,25 @@ def table_note(report: dict) -> str:
         notes.append(f"Δ = {report['final']} minus {report['baseline']}")
     if report.get("retained"):
         notes.append(f"retained = {report['final']} as a share of {report['teacher']}")
+    if report.get("teacher"):
+        notes.append(f"Fid. RL = ROUGE-L against {report['teacher']}'s answers; Top-1 = agreement with "
+                     f"{report['teacher']}'s top-1 token on the references")
+    notes.append("PPL = perplexity of the references; Loops = share of answers repeating a 4-gram 3+ times")
     return "; ".join(notes)
 
 
-def _millions(count: int) -> str:
+def _millions(count: int | None) -> str:
+    if count is None:
+        return "-"
     return f"{count / 1e6:.1f}M" if count >= 1e5 else f"{count:,}"
 
 
+def _fixed(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def _maybe(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
+    return _fixed(value, 1)
 
 
 def _percent(ratio: float | None) -> str:
@@ -353,14 +438,21 @@ def show(report: dict, show_samples: int = 0) -> None:
     from rich.text import Text
 
     # No vertical rules: eight columns must fit an 80-column terminal with room for labels.
-    grid = Table(title=f"Benchmark: ROUGE F1 on {report.get('samples', '?')} held-out prompts",
-                 title_justify="left", caption=Text(table_note(report)) or None, caption_justify="left",
-                 box=box.SIMPLE_HEAD, pad_edge=False)
-    for i, header in enumerate(TABLE_HEADERS):
-        grid.add_column(header, justify="left" if i == 0 else "right", overflow="fold")
-    for row in table_rows(report):
-        grid.add_row(*(Text(cell) for cell in row))  # Text: labels are user strings, not markup
-    ui.console.print(grid)
+    tables = [(f"Benchmark: quality on {report.get('samples', '?')} held-out prompts", QUALITY_HEADERS,
+               table_rows(report), table_note(report)),
+              ("Size and speed", COST_HEADERS, cost_rows(report), "Tok/s = decoding throughput at batch 8")]
+    for title, headers, rows, note in tables:
+        grid = Table(title=title, title_justify="left", caption=Text(note) if note else None,
+                     caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+        for i, header in enumerate(headers):
+            grid.add_column(header, justify="left" if i == 0 else "right", overflow="fold")
+        for row in rows:
+            grid.add_row(*(Text(cell) for cell in row))  # Text: labels are user strings, not markup
+        ui.console.print(grid)
+    if report.get("verdict"):
+        ui.console.print(Text("Verdict: " + report["verdict"]["summary"], style="bold"))
+        for check in report["verdict"]["checks"]:
+            ui.console.print(Text("  " + check["text"]))
     for model in report["models"]:
         for sample in model["samples"][:show_samples]:
             ui.info(f"[{model['label']}] Q: {sample['prompt']}\n  expected: {sample['reference']}\n"
@@ -390,19 +482,44 @@ def read_heldout(out_dir: str | Path, limit: int) -> list[dict]:
     return rows
 
 
+def teacher_answers(out_dir: str | Path, heldout: list[dict]) -> list[str] | None:
+    """The teacher's answers to these held-out rows from OUT/teacher_heldout.jsonl ({"prompt",
+    "response"} per line, written when the teacher is an API), or None when there is no such file."""
+    from finetuner.teachers.generate import TEACHER_HELDOUT_FILE
+
+    path = Path(out_dir) / TEACHER_HELDOUT_FILE
+    if not path.is_file():
+        return None
+    by_prompt = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            by_prompt[row["prompt"]] = row["response"]
+    missing = [row["prompt"] for row in heldout if row["prompt"] not in by_prompt]
+    if missing:
+        raise ui.UserError(f"{path} has no teacher answer for {len(missing)} of the {len(heldout)} held-out "
+                           f"prompts benchmarked", hint="regenerate it, or delete it to load the teacher's weights")
+    return [by_prompt[row["prompt"]] for row in heldout]
+
+
 def run_benchmark(cfg, out_dir: str | Path, models: list[tuple[str, Any, Any, str | Path | None]],
                   show_samples: int = 0) -> dict:
     """Evaluate (label, model, tokenizer, model_dir) in run order (see `compare`), show the
-    table, write OUT/benchmark.json and return the report."""
+    table, write OUT/benchmark.json and return the report. A teacher entry whose model is a list
+    of strings holds its answers (teacher_heldout.jsonl) instead of weights."""
     heldout = read_heldout(out_dir, cfg.benchmark_samples)
-    results = []
+    results, teacher = [], None
     for label, model, tokenizer, model_dir in models:
-        ui.step(f"Benchmarking {label} on {len(heldout)} held-out prompts")
-        if isinstance(model, dict):  # answers, not weights (an API teacher)
-            results.append(from_answers(label, heldout, model, keep_samples=max(3, show_samples)))
-            continue
-        results.append(evaluate(label, model, tokenizer, heldout, cfg.max_new_tokens, model_dir,
-                                keep_samples=max(3, show_samples)))
+        is_teacher = cfg.is_distillation and not results
+        if isinstance(model, list):
+            ui.step(f"Scoring {label}'s answers to {len(heldout)} held-out prompts")
+            result, signal = evaluate_answers(label, model, heldout)
+        else:
+            ui.step(f"Benchmarking {label} on {len(heldout)} held-out prompts")
+            result, signal = evaluate(label, model, tokenizer, heldout, cfg.max_new_tokens, model_dir,
+                                      max_length=cfg.max_length, teacher=None if is_teacher else teacher)
+        teacher = signal if is_teacher else teacher
+        results.append(result)
     report = {"approach": cfg.approach, "samples": len(heldout), "max_new_tokens": cfg.max_new_tokens,
               **compare(results, cfg.approach)}
     show(report, show_samples)

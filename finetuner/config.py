@@ -22,6 +22,7 @@ DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")  # finetuner.losses.DIVERGENCE
 HIDDEN_STATE_LOSSES = ("mse", "cosine")
 STUDENT_TRAINING = ("full", "lora", "qlora")  # qlora: distillation_mode responses only
 DISTILLATION_MODES = ("logits", "responses", "hybrid")
+REPORT_TO = ("none", "tensorboard", "trackio", "wandb")
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,11 @@ class RunConfig:
     # a teacher loaded in 8/4 bits (only when asked: it changes the teacher's probabilities)
     gradient_checkpointing: bool = False
     teacher_quantization: Optional[str] = None
+    # Did it pay? (issue 15): a plain fine-tuning baseline, held-out evaluation, experiment tracking
+    sft_baseline: bool = False  # distillation: also train the same student with alpha 1, benchmark both
+    eval_steps: Optional[int] = None  # evaluate held-out loss every N steps; keep the best checkpoint
+    early_stopping_patience: Optional[int] = None  # stop after N evaluations without improvement
+    report_to: str = "none"  # the Trainer's own integrations
     # Advanced (answers file or --set only)
     eval_fraction: float = 0.1
     merge_adapter: bool = True
@@ -212,6 +218,8 @@ def applies(key: str, answers: Any) -> bool:
         return bool(get("benchmark", True)) and applies("benchmark", answers)
     if key in ("hub_repo", "hub_private"):
         return bool(get("upload", False))
+    if key == "sft_baseline":
+        return distill
     return True
 
 
@@ -271,7 +279,7 @@ def check_field(key: str, value: Any) -> str | None:
     choices = {"approach": APPROACHES, "method": METHODS, "quantization": QUANTIZATIONS,
                "student_training": STUDENT_TRAINING, "divergence": DIVERGENCES,
                "hidden_state_loss": HIDDEN_STATE_LOSSES, "distillation_mode": DISTILLATION_MODES,
-               "generation_on_budget": ("train", "stop")}
+               "generation_on_budget": ("train", "stop"), "report_to": REPORT_TO}
     if key == "teacher_quantization" and value is not None and value not in QUANTIZATIONS:
         return f"must be one of {', '.join(QUANTIZATIONS)}, or empty for the teacher's own precision (got {value!r})"
     if key in choices and value not in choices[key]:
@@ -303,7 +311,8 @@ def check_field(key: str, value: Any) -> str | None:
         return f"must be in [0, 1) (got {value})"
     at_least_one = ("epochs", "batch_size", "gradient_accumulation", "max_samples", "lora_r", "lora_alpha",
                     "adalora_init_r", "adalora_target_r", "benchmark_samples", "max_new_tokens", "max_steps", "save_steps",
-                    "student_layers", "on_policy_max_new_tokens")
+                    "student_layers", "on_policy_max_new_tokens", "eval_steps",
+                    "early_stopping_patience")
     if key in at_least_one and value < 1:
         return f"must be at least 1 (got {value})"
     if key == "teacher_top_k" and not 1 <= value <= 4096:
@@ -332,6 +341,10 @@ def check_field(key: str, value: Any) -> str | None:
                 "never put the key itself here")
     if key == "hub_repo" and not _REPO_ID.match(value):
         return f"must look like 'username/model-name' (got {value!r})"
+    if key == "report_to" and value != "none":
+        from finetuner.tracking import missing_package
+
+        return missing_package(value)
     if key == "dataset":
         from finetuner.sources import check_dataset
 
@@ -407,6 +420,13 @@ def cross_check(cfg: Any) -> list[str]:
         elif is_documents(dataset) and get("questions_per_chunk") == 0:  # None: not answered yet
             problems.append(f"dataset: {dataset} is read as documents; set questions_per_chunk (e.g. 3) "
                             "so the teacher writes questions from it")
+    if get("eval_steps") is not None and get("eval_fraction", 0.1) == 0:
+        problems.append("eval_steps: needs held-out rows to evaluate on; set eval_fraction above 0")
+    if distill and get("sft_baseline") and get("distillation_mode", "logits") != "logits":
+        problems.append("sft_baseline: compares plain fine-tuning with distillation from the teacher's logits; "
+                        "it needs distillation_mode logits")
+    if get("early_stopping_patience") is not None and get("eval_steps") is None:
+        problems.append("early_stopping_patience: counts evaluations, so it needs eval_steps too")
     if get("upload") and not get("hub_repo"):
         problems.append("hub_repo: needed when upload is on (e.g. 'username/my-model')")
     return problems

@@ -1,6 +1,7 @@
 """Which models a run's benchmark compares, loaded from its output directory.
 
-Fine-tuning: base vs fine-tuned. Distillation: teacher, student before, student after.
+Fine-tuning: base vs fine-tuned. Distillation: teacher, student before, (the SFT baseline,)
+student after; the teacher answers from OUT/teacher_heldout.jsonl instead when that file exists.
 Also used by `--benchmark-only OUTPUT_DIR` on a finished run.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from finetuner import artifacts, models, ui
-from finetuner.benchmark import run_benchmark
+from finetuner.benchmark import SFT_BASELINE, read_heldout, run_benchmark, teacher_answers
 from finetuner.config import RunConfig
 
 
@@ -34,30 +35,36 @@ def models_to_compare(cfg: RunConfig, out_dir: Path) -> list[tuple]:
         base = models.load_model(cfg.model)
         return [("base", base, models.load_tokenizer(cfg.model), _on_disk(cfg.model)),
                 ("fine-tuned", trained, tokenizer, trained_dir)]
-    teacher_row = _api_teacher(cfg, out_dir) if cfg.teacher_api_base else \
-        ("teacher", models.load_model(cfg.teacher), models.load_tokenizer(cfg.teacher), _on_disk(cfg.teacher))
     if cfg.student_layers is None:
         before, before_dir = models.load_model(cfg.student), _on_disk(cfg.student)
     else:
         kept = artifacts.read_student_layers(out_dir)  # the layers training started from
         before, before_dir = models.derive_student(models.load_model(cfg.student), cfg.student_layers, kept), None
-    return [teacher_row,
+    return [teacher_entry(cfg, out_dir),
             ("student before", before, tokenizer, before_dir),
+            *sft_baseline_entry(cfg, out_dir),
             ("student after", trained, tokenizer, trained_dir)]
 
 
-def _api_teacher(cfg: RunConfig, out_dir: Path) -> tuple:
-    """An API teacher has no weights here: it is scored from its cached held-out answers."""
-    from finetuner.teachers.generate import TEACHER_HELDOUT_FILE
-
-    path = out_dir / TEACHER_HELDOUT_FILE
-    if not path.is_file():
-        raise ui.UserError(f"no cached teacher answers in {path} to score the API teacher with",
+def teacher_entry(cfg: RunConfig, out_dir: Path) -> tuple:
+    """The teacher's weights, or its answers when OUT/teacher_heldout.jsonl holds them (an API
+    teacher has no weights here: it is scored from its cached held-out answers)."""
+    answers = teacher_answers(out_dir, read_heldout(out_dir, cfg.benchmark_samples))
+    if answers is not None:
+        return ("teacher (API, cached answers)", answers, None, None)
+    if cfg.teacher_api_base:
+        raise ui.UserError(f"no cached teacher answers in {out_dir} to score the API teacher with",
                            hint="rerun the generation (python finetune_cli.py --answers ... --resume)")
-    import json
+    return ("teacher", models.load_model(cfg.teacher), models.load_tokenizer(cfg.teacher), _on_disk(cfg.teacher))
 
-    answers = {row["prompt"]: row["response"] for row in map(json.loads, path.read_text(encoding="utf-8").splitlines())}
-    return ("teacher (API, cached answers)", answers, None, None)
+
+def sft_baseline_entry(cfg: RunConfig, out_dir: Path) -> list[tuple]:
+    """The same student fine-tuned plainly (sft_baseline), when that run finished."""
+    baseline_dir = out_dir / artifacts.SFT_BASELINE_DIR
+    if not cfg.sft_baseline or not (baseline_dir / artifacts.MODEL_DIR / "config.json").is_file():
+        return []
+    model, model_dir = trained_model(baseline_dir)
+    return [(SFT_BASELINE, model, models.load_tokenizer(str(model_dir)), model_dir)]
 
 
 def _on_disk(name: str) -> str | None:

@@ -174,12 +174,16 @@ def _settings(cfg) -> list[tuple[str, str]]:
 def _benchmark_section(report: dict | None) -> list[str]:
     if not report:
         return []
-    rows = benchmark.table_rows(report)
+    verdict = report.get("verdict")
     return ["## Benchmark", "",
             f"ROUGE F1 (with stemming) of greedy answers to {report.get('samples', '?')} held-out prompts "
             f"never seen in training, at most {report.get('max_new_tokens', '?')} new tokens each.", "",
-            _markdown_table(benchmark.TABLE_HEADERS, rows), "",
-            *([benchmark.table_note(report) + ".", ""] if benchmark.table_note(report) else [])]
+            _markdown_table(benchmark.QUALITY_HEADERS, benchmark.table_rows(report)), "",
+            *([benchmark.table_note(report) + ".", ""] if benchmark.table_note(report) else []),
+            _markdown_table(benchmark.COST_HEADERS, benchmark.cost_rows(report)), "",
+            "Tok/s is decoding throughput at batch 8 on the machine that trained the model.", "",
+            *(["### Verdict", "", f"**{verdict['summary']}**", "",
+               *(f"- {check['text']}" for check in verdict["checks"]), ""] if verdict else [])]
 
 
 def _markdown_table(headers, rows) -> str:

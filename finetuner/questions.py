@@ -183,6 +183,12 @@ QUESTIONS: tuple[Question, ...] = (
              "confirm", ask=False),
     Question("teacher_quantization", "Load the teacher in 8 or 4 bits (less memory, a slightly worse teacher)?",
              "select", (("No: its own precision", None), ("8-bit", "8bit"), ("4-bit NF4", "4bit")), ask=False),
+    # Did it pay? (issue 15): answers file or --set only.
+    Question("sft_baseline", "Also train the same student by plain fine-tuning, to compare", "confirm", ask=False),
+    Question("eval_steps", "Evaluate held-out loss every this many steps (keeps the best checkpoint)", ask=False),
+    Question("early_stopping_patience", "Stop after this many evaluations without improvement", ask=False),
+    Question("report_to", "Track the run with", "select",
+             tuple((name, name) for name in ("none", "tensorboard", "trackio", "wandb")), ask=False),
     # Advanced settings: from an answers file or --set only.
     Question("eval_fraction", "Held-out fraction", ask=False),
     Question("merge_adapter", "Also save a merged model", ask=False),

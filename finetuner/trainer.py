@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 
-from finetuner import adapters, artifacts, disk, distributed, models, ui
+from finetuner import adapters, artifacts, disk, distributed, models, tracking, ui
 from finetuner.config import RunConfig, applies
 from finetuner.data import PreparedData, make_collator, prepare
 from finetuner.formatting import save_prompt_format
@@ -64,6 +64,8 @@ class DistillationTrainer(Trainer):
         self.loss_is_scaled_for_ga = True
         self._parts = dict.fromkeys(self._part_names(), 0.0)
         self._micro_batches = 0
+        self._eval_parts = {"ce": 0.0, "kl": 0.0}
+        self._eval_rows = 0
         self._samples: list = []  # on-policy Samples since the last log
 
     def _part_names(self) -> tuple[str, ...]:
@@ -102,7 +104,14 @@ class DistillationTrainer(Trainer):
             if hidden is not None:
                 self._parts["hidden"] = self._parts.get("hidden", 0.0) + float(hidden.detach())
             self._micro_batches += 1
-        return (loss, None) if return_outputs else loss
+        else:
+            # Evaluation: each batch is its own mean; weigh by rows, as the Trainer does eval_loss.
+            rows = len(inputs["input_ids"])
+            self._eval_parts["ce"] += float(result.ce) * rows
+            self._eval_parts["kl"] += float(result.kl) * rows
+            self._eval_rows += rows
+        # An empty outputs dict: evaluation (prediction_loss_only) needs the loss alone.
+        return (loss, {}) if return_outputs else loss
 
     def _kd(self, model, inputs, num_items_in_batch, alpha):
         student = _unwrap(self.accelerator.unwrap_model(model))
@@ -154,6 +163,11 @@ class DistillationTrainer(Trainer):
             self._parts = dict.fromkeys(self._part_names(), 0.0)
             self._micro_batches = 0
             self._samples = []
+        if self._eval_rows and "eval_loss" in logs:  # eval_ce / eval_kl go on the loss curve too
+            for name in self._eval_parts:
+                logs[f"eval_{name}"] = round(self._eval_parts[name] / self._eval_rows, 4)
+            self._eval_parts = {"ce": 0.0, "kl": 0.0}
+            self._eval_rows = 0
         super().log(logs, start_time)
 
 
@@ -205,11 +219,13 @@ def _unwrap(model):
 class LLMFineTuner:
     """Fine-tuning (LoRA, QLoRA, AdaLoRA) and knowledge distillation from one RunConfig."""
 
-    def __init__(self, cfg: RunConfig, teacher_data=None, prepared: PreparedData | None = None):
+    def __init__(self, cfg: RunConfig, teacher_data=None, prepared: PreparedData | None = None,
+                 kept_layers: list[int] | None = None):
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         self.teacher_data = teacher_data  # teachers.generate.TeacherData when the teacher wrote the responses
         self.prepared = prepared  # the data the plan's checks already prepared, if any
+        self.kept_layers = kept_layers  # a derived student's layers, when they are already chosen
 
     # ---- public entry points ----------------------------------------------------------------
 
@@ -229,7 +245,8 @@ class LLMFineTuner:
         _report_trainable(model)
         callbacks = [adapters.AdaLoraAllocator()] if cfg.method == "adalora" else []
         trainer = Trainer(model=model, args=self._training_args(), train_dataset=data.train,
-                          data_collator=make_collator(tokenizer), processing_class=tokenizer, callbacks=callbacks)
+                          eval_dataset=self._eval_dataset(data), data_collator=make_collator(tokenizer),
+                          processing_class=tokenizer, callbacks=callbacks + self._callbacks())
         return self._run(trainer, tokenizer, checkpoint, adapter=True, base_name=cfg.model)
 
     def train_distillation(self, resume: bool = False) -> TrainResult:
@@ -255,14 +272,21 @@ class LLMFineTuner:
         # GPU (cuda:LOCAL_RANK) the current one, so no rank loads its teacher onto cuda:0.
         args = self._training_args()
         student = self._load_student(data, student_tokenizer)
+        if cfg.alpha == 1 and not cfg.hidden_state_weight and not cfg.on_policy_fraction:
+            # Plain fine-tuning of the student (the SFT baseline): nothing uses the teacher, so it is not loaded.
+            student = self._maybe_lora(student, data)
+            trainer = Trainer(model=student, args=args, train_dataset=data.train, eval_dataset=self._eval_dataset(data),
+                              data_collator=make_collator(student_tokenizer), processing_class=student_tokenizer,
+                              callbacks=self._callbacks())
+            return self._run(trainer, student_tokenizer, checkpoint, adapter=cfg.student_training == "lora",
+                             base_name=None)
         teacher = None if cache else self._load_teacher(args.device)
         ui.info((f"teacher {models.count_parameters(teacher) / 1e6:.1f}M parameters, " if teacher else "")
                 + f"student {models.count_parameters(student) / 1e6:.1f}M")
-        if cfg.student_training == "lora":
-            student = adapters.apply_adapter(cfg, student, self._total_steps(data))
-        _report_trainable(student)
+        student = self._maybe_lora(student, data)
         trainer = DistillationTrainer(model=student, args=args,
                                       train_dataset=topk_cache.with_row_index(data.train) if cache else data.train,
+                                      eval_dataset=self._eval_dataset(data), callbacks=self._callbacks(),
                                       data_collator=make_collator(student_tokenizer),
                                       processing_class=student_tokenizer, teacher=teacher, teacher_cache=cache,
                                       temperature=cfg.temperature, alpha=cfg.alpha, vocab_size=vocab_size,
@@ -324,7 +348,8 @@ class LLMFineTuner:
             student = adapters.apply_adapter(cfg, student, self._total_steps(data))
         _report_trainable(student)
         trainer = Trainer(model=student, args=self._training_args(), train_dataset=data.train,
-                          data_collator=make_collator(tokenizer), processing_class=tokenizer)
+                          eval_dataset=self._eval_dataset(data), data_collator=make_collator(tokenizer),
+                          processing_class=tokenizer, callbacks=self._callbacks())
         return self._run(trainer, tokenizer, checkpoint, adapter=cfg.uses_lora,
                          base_name=cfg.student if quantized else None)
 
@@ -364,6 +389,15 @@ class LLMFineTuner:
                            rewrite=written.rewrite if written else None)
         return data
 
+    def _maybe_lora(self, student, data: PreparedData):
+        if self.cfg.student_training == "lora":
+            student = adapters.apply_adapter(self.cfg, student, self._total_steps(data))
+        _report_trainable(student)
+        return student
+
+    def _eval_dataset(self, data: PreparedData):
+        return data.eval if self.cfg.eval_steps is not None else None
+
     def _load_student(self, data: PreparedData, tokenizer):
         cfg = self.cfg
         if cfg.student_layers is None:
@@ -371,6 +405,11 @@ class LLMFineTuner:
             return models.load_model(cfg.student)
         ui.step(f"Deriving the student: {cfg.student_layers} layers of {cfg.student}")
         base = models.load_model(cfg.student)
+        if self.kept_layers is not None:  # the same student another run started from (the SFT baseline)
+            ui.info(f"keeping layers {self.kept_layers}, as the distilled student did")
+            artifacts.write_json(self.out / artifacts.STUDENT_LAYERS_FILE,
+                                 {"kept": self.kept_layers, "of": base.config.num_hidden_layers})
+            return models.derive_student(base, cfg.student_layers, self.kept_layers)
         rows = data.train.select(range(min(CALIBRATION_ROWS, len(data.train))))
         batch = make_collator(tokenizer)(list(rows))
         kept, loss = models.choose_student_layers(base, cfg.student_layers, dict(batch))
@@ -403,14 +442,17 @@ class LLMFineTuner:
             weight_decay=0.0,
             logging_steps=1,
             save_strategy="steps",
-            save_steps=cfg.save_steps,
+            save_steps=cfg.eval_steps or cfg.save_steps,  # load_best_model_at_end: save at each evaluation
             save_total_limit=2,
             bf16=precision.bf16,
             fp16=precision.fp16,
             use_cpu=precision.device == "cpu",
             seed=cfg.seed,
             data_seed=cfg.seed,
-            report_to=[],
+            **self._evaluation_args(),
+            report_to=tracking.report_to(cfg.report_to, self.out),
+            project=tracking.PROJECT,
+            run_name=self.out.name,
             disable_tqdm=True,
             remove_unused_columns=False,
             include_num_input_tokens_seen="non_padding",
@@ -420,6 +462,21 @@ class LLMFineTuner:
             gradient_checkpointing_kwargs={"use_reentrant": False},  # works with DDP, LoRA and frozen inputs
             ddp_find_unused_parameters=False,  # every trainable weight is used: skip the graph walk
         )
+
+    def _evaluation_args(self) -> dict:
+        """Held-out loss every eval_steps, and the best checkpoint (lowest eval_loss) kept at the end."""
+        cfg = self.cfg
+        if cfg.eval_steps is None:
+            return {"eval_strategy": "no"}
+        return {"eval_strategy": "steps", "eval_steps": cfg.eval_steps, "per_device_eval_batch_size": cfg.batch_size,
+                "load_best_model_at_end": True, "metric_for_best_model": "eval_loss", "greater_is_better": False,
+                "prediction_loss_only": True}
+
+    def _callbacks(self) -> list:
+        from transformers import EarlyStoppingCallback
+
+        patience = self.cfg.early_stopping_patience
+        return [EarlyStoppingCallback(early_stopping_patience=patience)] if patience else []
 
     def _run(self, trainer: Trainer, tokenizer, checkpoint: str | None, adapter: bool,
              base_name: str | None) -> TrainResult:

@@ -91,14 +91,18 @@ def test_left_padding_gives_the_same_answer_alone_and_in_a_batch(chatty, tokeniz
 
 def test_evaluate_measures_the_model(chatty, tokenizer, tiny_llama):
     heldout = [{"prompt": p, "reference": "3 plus 4 is 7."} for p in PROMPTS]
-    result = evaluate("chatty", chatty, tokenizer, heldout, max_new_tokens=4, model_dir=tiny_llama)
+    result, signal = evaluate("chatty", chatty, tokenizer, heldout, max_new_tokens=4, model_dir=tiny_llama)
     files = [p for p in tiny_llama.iterdir() if p.is_file()]
     assert result.parameters == chatty.num_parameters()
     assert result.size_on_disk_mb == round(sum(p.stat().st_size for p in files) / 2**20, 2)
     weights_mb = sum(p.numel() * p.element_size() for p in chatty.parameters()) / 2**20
     assert result.peak_memory_mb >= round(weights_mb, 1)
-    assert len(result.samples) == 3 and set(result.samples[0]) == {"prompt", "reference", "generation"}
-    assert evaluate("in memory", chatty, tokenizer, heldout[:1], 2).size_on_disk_mb is None
+    # every generation is kept, and is what the model's signal carries for fidelity
+    assert [s["generation"] for s in result.samples] == signal.answers and len(signal.answers) == len(PROMPTS)
+    assert set(result.samples[0]) == {"prompt", "reference", "generation"}
+    assert result.perplexity > 1 and len(signal.top1) == len(PROMPTS)
+    assert result.fidelity_rougeL is None and result.top1_agreement is None  # no teacher to compare with
+    assert evaluate("in memory", chatty, tokenizer, heldout[:1], 2)[0].size_on_disk_mb is None
 
 
 # ---- comparing ------------------------------------------------------------------------------

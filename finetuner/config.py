@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import re
 import typing
-from pathlib import Path
 from dataclasses import dataclass, fields
 from typing import Any, Optional
 
@@ -317,8 +316,11 @@ def check_field(key: str, value: Any) -> str | None:
         return f"must be at least 1 (got {value})"
     if key == "teacher_top_k" and not 1 <= value <= 4096:
         return f"must be between 1 and 4096 (got {value}); 64 stores about 390 bytes a token"
-    if key == "teacher_cache" and (Path(value).expanduser().is_file()):
-        return f"{value} is a file; teacher_cache needs a directory"
+    if key == "teacher_cache":
+        from finetuner.sources import local_path
+
+        if local_path(value).is_file():
+            return f"{value} is a file; teacher_cache needs a directory"
     if key == "max_length" and value < 16:
         return f"must be at least 16 tokens (got {value})"
     if key == "generation_temperature" and not 0 <= value <= 2:
@@ -406,14 +408,12 @@ def cross_check(cfg: Any) -> list[str]:
         problems.append("questions_per_chunk: questions from documents need a teacher that writes "
                         "(approach distillation, distillation_mode responses or hybrid)")
     if get("dataset"):
-        from pathlib import Path
-
-        from finetuner.sources import DATA_EXTENSIONS, is_documents
+        from finetuner.sources import DATA_EXTENSIONS, is_documents, local_path
 
         dataset = get("dataset")
         writes = distill and get("distillation_mode", "logits") in ("responses", "hybrid")
         if is_documents(dataset) and not writes:
-            what = "a directory with no data files" if Path(dataset).expanduser().is_dir() else "a document"
+            what = "a directory with no data files" if local_path(dataset).is_dir() else "a document"
             problems.append(f"dataset: {dataset} is {what} ({', '.join(DATA_EXTENSIONS)}), only documents to "
                             "read; give training rows, or let a teacher write questions from the documents "
                             "(approach distillation, distillation_mode responses, questions_per_chunk 3)")

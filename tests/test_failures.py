@@ -121,8 +121,8 @@ def test_a_hub_model_that_does_not_exist(tmp_path, qa_file):
 
 def test_a_hub_model_while_offline_names_the_way_out(tmp_path, qa_file):
     result = cli(tmp_path, **fine_tune("HuggingFaceTB/SmolLM2-360M", qa_file), env={"HF_HOME": str(tmp_path / "hf")})
-    # Caught at the question now, before anything loads (issue 16).
-    assert_fails(result, "not a built-in or local model", "HF_HUB_OFFLINE is set")
+    # Refused at the question now (issue 16): offline, a Hub id must already be in the local cache.
+    assert_fails(result, "HF_HUB_OFFLINE is set", "not in the local Hub cache")
 
 
 def test_a_model_that_is_not_a_causal_lm(tmp_path, tokenizer, qa_file):

@@ -107,7 +107,29 @@ def kd_loss_from_hidden(student_hidden: Tensor, teacher_hidden: Tensor, student_
     return _averaged(loss, ce, kl, len(targets), num_items_in_batch)
 
 
-class _ChunkKD(torch.autograd.Function):
+class SavedGradientChunk(torch.autograd.Function):
+    """A chunk loss whose forward saved d(loss)/d(student logits) (`save_gradient`): its backward
+    only scales that by the incoming gradient. Shared by this module's and the top-k cache's loss."""
+
+    @staticmethod
+    def save_gradient(ctx, grad: Tensor, logits_dtype: torch.dtype) -> None:
+        ctx.save_for_backward(grad)
+        ctx.logits_dtype = logits_dtype
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor, _grad_ce: Tensor, _grad_kl: Tensor):
+        (grad,) = ctx.saved_tensors
+        return (grad * grad_loss).to(ctx.logits_dtype), None, None, None, None, None, None
+
+
+def ce_gradient(logprobs: Tensor, targets: Tensor, alpha: float) -> Tensor:
+    """alpha * (softmax(z) - onehot(y)), written into `logprobs` (log_softmax(z), [N, V]) in place."""
+    grad = logprobs.exp_().mul_(alpha)
+    grad[torch.arange(len(targets), device=grad.device), targets] -= alpha
+    return grad
+
+
+class _ChunkKD(SavedGradientChunk):
     """Sums of the loss, CE and KL over one chunk of student logits [N, V].
 
     Why a hand-written backward: autograd through two log_softmaxes and the KL keeps three fp32
@@ -133,21 +155,14 @@ class _ChunkKD(torch.autograd.Function):
         if with_grad:  # grad mode is always off in here, so the caller says whether backward will run
             # d(loss)/d(logits) = alpha * (softmax(z) - onehot(y)) + (1 - alpha) * T^2 * dD/dz, where
             # dD/dz = (softmax(z / T) - p_teacher) / T for forward KL (see _mode_seeking for the others).
-            grad = logprobs.exp_().mul_(alpha)
-            grad[torch.arange(len(targets), device=grad.device), targets] -= alpha
+            grad = ce_gradient(logprobs, targets, alpha)
             if beta == 0:
                 grad.add_(logprobs_t.exp_().sub_(teacher_probs), alpha=(1 - alpha) * temperature)
             else:
                 grad.add_(grad_kl, alpha=(1 - alpha) * temperature)
-            ctx.save_for_backward(grad)
-            ctx.logits_dtype = student_logits.dtype
+            _ChunkKD.save_gradient(ctx, grad, student_logits.dtype)
         ctx.mark_non_differentiable(ce, kl)
         return loss, ce, kl
-
-    @staticmethod
-    def backward(ctx, grad_loss: Tensor, _grad_ce: Tensor, _grad_kl: Tensor):
-        (grad,) = ctx.saved_tensors
-        return (grad * grad_loss).to(ctx.logits_dtype), None, None, None, None, None, None
 
 
 def _mode_seeking(student_logprobs: Tensor, teacher_logprobs: Tensor, beta: float,

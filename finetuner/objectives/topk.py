@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from finetuner.losses import KDLoss, _averaged, _shared_vocab, select_targets
+from finetuner.losses import KDLoss, SavedGradientChunk, _averaged, _shared_vocab, ce_gradient, select_targets
 
 
 class TeacherEntries(NamedTuple):
@@ -97,7 +97,7 @@ def topk_kd_loss_from_hidden(student_hidden: Tensor, student_head: nn.Module, la
     return _averaged(loss, ce, kl, len(targets), num_items_in_batch)
 
 
-class _ChunkTopKD(torch.autograd.Function):
+class _ChunkTopKD(SavedGradientChunk):
     """Sums of the loss, CE and bucket KL over one chunk of student logits [N, V], with the
     gradient written by hand (as `losses._ChunkKD`, and because autograd through a log-sum-exp over
     an empty tail, k = V, would give NaN)."""
@@ -122,15 +122,8 @@ class _ChunkTopKD(torch.autograd.Function):
             probs_t = logprobs_t.exp_()
             kl_grad = probs_t * (1 - tail_ratio)
             kl_grad.scatter_(1, ids, probs_t.gather(1, ids) - teacher_p[:, :-1])
-            grad = logprobs.exp_().mul_(alpha)
-            grad[torch.arange(len(targets), device=grad.device), targets] -= alpha
+            grad = ce_gradient(logprobs, targets, alpha)
             grad.add_(kl_grad, alpha=(1 - alpha) * temperature)
-            ctx.save_for_backward(grad)
-            ctx.logits_dtype = student_logits.dtype
+            _ChunkTopKD.save_gradient(ctx, grad, student_logits.dtype)
         ctx.mark_non_differentiable(ce, kl)
         return loss, ce, kl
-
-    @staticmethod
-    def backward(ctx, grad_loss: Tensor, _grad_ce: Tensor, _grad_kl: Tensor):
-        (grad,) = ctx.saved_tensors
-        return (grad * grad_loss).to(ctx.logits_dtype), None, None, None, None, None, None

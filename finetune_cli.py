@@ -177,7 +177,7 @@ def edit_one_setting(args: argparse.Namespace, cfg: RunConfig, secrets: dict) ->
     return new_cfg, {**secrets, **new_secrets}
 
 
-def show_plan(cfg: RunConfig, checked) -> None:
+def show_plan(cfg: RunConfig, checked, estimate) -> None:
     """The settings, then what they add up to; each module that knows a fact adds its rows here."""
     from finetuner import plan
 
@@ -186,7 +186,7 @@ def show_plan(cfg: RunConfig, checked) -> None:
     from finetuner.teachers.topk_cache import plan_rows as cache_rows
 
     rows = list(cfg.to_answers().items())
-    rows += plan.derived_facts(cfg, checked)
+    rows += plan.derived_facts(cfg, checked, estimate)
     rows += hidden_state_rows(cfg)
     rows += cache_rows(cfg, checked.data)
     rows += memory_rows(cfg)
@@ -231,7 +231,8 @@ def run(args: argparse.Namespace) -> int:
     while True:
         checked = plan.preflight(cfg)  # everything cheap that could fail, before the plan and "Start?"
         plan.show_example(checked)
-        show_plan(cfg, checked)
+        estimate = plan.estimate(cfg, checked, dry_run=args.dry_run)
+        show_plan(cfg, checked, estimate)
         answers_path = Path(cfg.output_dir) / ANSWERS_FILE
         if args.dry_run:
             if ui.is_interactive() and not args.answers:
@@ -287,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
     from finetuner import summary
 
     summary.show(cfg.output_dir, result.seconds, time.perf_counter() - started,
-                 estimate=plan.estimated_seconds(cfg, checked.data), hub_repo=cfg.hub_repo, uploaded=uploaded)
+                 estimate=estimate.seconds, hub_repo=cfg.hub_repo, uploaded=uploaded)
     offer_launch(cfg)
     return 0
 

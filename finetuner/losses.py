@@ -79,6 +79,12 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, temp
     return _averaged(loss, ce, kl, len(targets), num_items_in_batch)
 
 
+def chunk_rows(vocab: int) -> int:
+    """Rows per chunk for a vocabulary: peak loss memory is about 6 x chunk x vocab x 4 bytes, kept
+    near 800 MB for any vocabulary."""
+    return max(64, 2**25 // vocab)
+
+
 def kd_loss_from_hidden(student_hidden: Tensor, teacher_hidden: Tensor, student_head: nn.Module,
                         teacher_head: nn.Module, labels: Tensor, temperature: float = 2.0, alpha: float = 0.5,
                         num_items_in_batch: Tensor | int | None = None, vocab_size: int | None = None,

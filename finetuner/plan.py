@@ -2,8 +2,9 @@
 alone (no weights): the checks that would otherwise fail seconds into training (no usable
 column, tokenizers that differ, an impossible student) and the derived facts the plan shows.
 
-The time estimate is calibrated, not measured: counted tokens x FLOPs per token (from the
-parameter counts) / an effective FLOP rate measured on this project's 2-core CPU machine.
+The time estimate is counted tokens x FLOPs per token / a rate. The rate is measured by a probe
+step on this machine (probe.py); where no probe can run, a rate calibrated on one 2-core CPU
+stands in, and the plan says which.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from finetuner.config import RunConfig
 # answer and 550 prompt tokens) on 2 idle cores, SmolLM2-135M teaching its 15-layer student:
 # about 1.05 TFLOP a step by the count in `training_flops`, so 278 GFLOP/s, 139 per thread.
 CPU_FLOPS_PER_CORE = 139e9
-CALIBRATION = "calibrated: tokens x FLOPs per token at the rate measured on 2 idle CPU cores"
+CALIBRATION = "calibrated on another 2-core CPU, not measured here"
 
 
 @dataclass
@@ -86,6 +87,17 @@ def _head_params(name: str) -> int:
     return config.vocab_size * config.hidden_size
 
 
+def uses_live_teacher(cfg: RunConfig) -> bool:
+    """Whether the teacher runs forward during training, as trainer.train_distillation decides: not in
+    responses mode, not with a complete teacher cache (issue 12), not for alpha 1 with nothing else
+    needing the teacher (the SFT baseline)."""
+    from finetuner.teachers.topk_cache import is_complete
+
+    if not cfg.is_distillation or cfg.distillation_mode == "responses" or is_complete(cfg):
+        return False
+    return not (cfg.alpha == 1 and not cfg.hidden_state_weight and not cfg.on_policy_fraction)
+
+
 def training_flops(cfg: RunConfig, tokens: int, label_tokens: int) -> float:
     """Training FLOPs for `tokens` input tokens of which `label_tokens` count in the loss.
 
@@ -98,10 +110,7 @@ def training_flops(cfg: RunConfig, tokens: int, label_tokens: int) -> float:
     train_factor = 4 if cfg.uses_lora else 6
     if getattr(cfg, "gradient_checkpointing", False):
         train_factor += 2  # the forward pass runs again during backward
-    from finetuner.teachers.topk_cache import is_complete
-
-    # No teacher forward while training: responses mode, or a complete teacher cache (issue 12).
-    if not cfg.is_distillation or cfg.distillation_mode == "responses" or is_complete(cfg):
+    if not uses_live_teacher(cfg):
         return train_factor * student * tokens
     teacher = disk.parameter_count(cfg.teacher)
     teacher_head = _head_params(cfg.teacher)
@@ -110,22 +119,53 @@ def training_flops(cfg: RunConfig, tokens: int, label_tokens: int) -> float:
     return body + heads
 
 
-def estimated_seconds(cfg: RunConfig, data) -> float | None:
-    """Training time (the optimizer steps, not loading or benchmarking); None on a GPU."""
+@dataclass(frozen=True)
+class Estimate:
+    seconds: float | None  # the optimizer steps, not loading or benchmarking; None where not estimated
+    how: str  # how it was made, for the plan
+
+
+def estimate(cfg: RunConfig, pre: Preflight, dry_run: bool = False) -> Estimate:
+    """Training time from a probe step on this machine, else from the calibrated rate."""
     import torch
 
-    if torch.cuda.is_available() or data is None:  # no rows yet when the teacher writes them from documents
-        return None
+    from finetuner import probe
+
+    if pre.data is None:  # no rows yet when the teacher writes them from documents
+        return Estimate(None, "not estimated: the teacher writes the rows after \"Start?\"")
+    if not pre.data.stats.get("train_rows"):
+        return Estimate(0.0, "no rows to train on")
+    why = "a dry run times nothing" if dry_run else probe.why_not(cfg)
+    if why is None:
+        ui.step(f"Timing one training step on this machine ({cfg.batch_size} rows, random weights)")
+        try:
+            measured = probe.measure(cfg, pre.data, pre.tokenizer)
+        except probe.ProbeSkipped as exc:
+            why = str(exc)
+        else:
+            seconds = _seconds(cfg, pre.data, measured.flops_per_second, measured.optimizer_seconds)
+            return Estimate(seconds, f"measured: a probe step here ran {measured.flops_per_second / 1e9:.0f} "
+                                     f"GFLOP/s{_on_policy_note(cfg)}")
+    if torch.cuda.is_available():
+        return Estimate(None, f"not estimated: {why}")
+    rate = CPU_FLOPS_PER_CORE * torch.get_num_threads()
+    return Estimate(_seconds(cfg, pre.data, rate, 0.0), f"{CALIBRATION} ({why}){_busy_note()}")
+
+
+def _seconds(cfg: RunConfig, data, flops_per_second: float, optimizer_seconds: float) -> float:
     stats = data.stats
-    if not stats.get("train_rows"):
-        return 0.0
     total_steps = steps(cfg, stats["train_rows"])
     epoch_steps = max(1, math.ceil(math.ceil(stats["train_rows"] / cfg.batch_size) / cfg.gradient_accumulation))
     epochs_run = total_steps / epoch_steps
     tokens = sum(len(ids) for ids in data.train["input_ids"]) * epochs_run
     label_tokens = stats["train_label_tokens"] * epochs_run
-    flops = training_flops(cfg, tokens, label_tokens)
-    return flops / (CPU_FLOPS_PER_CORE * torch.get_num_threads())
+    return training_flops(cfg, tokens, label_tokens) / flops_per_second + total_steps * optimizer_seconds
+
+
+def _on_policy_note(cfg: RunConfig) -> str:
+    if cfg.is_distillation and cfg.on_policy_fraction:
+        return "; the student's on-policy sampling is not included"
+    return ""
 
 
 def _busy_note() -> str:
@@ -140,7 +180,7 @@ def _busy_note() -> str:
     return f"; the machine is busy now (load {load:.1f} on {cores} cores), so expect it to take longer"
 
 
-def derived_facts(cfg: RunConfig, pre: Preflight) -> list[tuple[str, str]]:
+def derived_facts(cfg: RunConfig, pre: Preflight, time: Estimate) -> list[tuple[str, str]]:
     """(label, value) rows for the plan: what the settings add up to."""
     from finetuner import disk
     from finetuner.summary import duration
@@ -160,10 +200,8 @@ def derived_facts(cfg: RunConfig, pre: Preflight) -> list[tuple[str, str]]:
         ("optimizer steps", f"{total}" + ("" if cfg.max_steps else f" ({cfg.epochs} epoch{'s' * (cfg.epochs > 1)})")),
         ("effective batch", f"{effective} rows ({cfg.batch_size} x {cfg.gradient_accumulation} accumulation)"),
     ]
-    seconds = estimated_seconds(cfg, pre.data)
     rows.append(("estimated training time",
-                 f"about {duration(seconds)} ({CALIBRATION}){_busy_note()}" if seconds is not None
-                 else "not estimated on a GPU (the rate is calibrated for CPUs only)"))
+                 f"about {duration(time.seconds)} ({time.how})" if time.seconds is not None else time.how))
     rows.append(("disk needed", f"about {disk._gb(disk.bytes_needed(cfg))}"))
     return rows
 

@@ -22,7 +22,7 @@ from finetuner.data import PreparedData, make_collator, prepare
 from finetuner.formatting import save_prompt_format
 from finetuner.interrupt import GracefulInterrupt
 from finetuner.objectives import trainer_settings as objective_settings
-from finetuner.losses import kd_loss_from_hidden, select_targets
+from finetuner.losses import chunk_rows, kd_loss_from_hidden, select_targets
 from finetuner.objectives.topk import TeacherEntries, topk_kd_loss_from_hidden
 from finetuner.teachers import topk_cache
 from finetuner.progress import ProgressReporter
@@ -56,8 +56,7 @@ class DistillationTrainer(Trainer):
         self.hidden = hidden if hidden_weight > 0 else None  # objectives.hidden_states.HiddenStateLoss
         self.hidden_weight = hidden_weight
         self.on_policy = on_policy  # objectives.on_policy.OnPolicySampler
-        # Peak loss memory is about 6 x chunk x vocab x 4 bytes: keep it near 800 MB for any vocabulary.
-        self.chunk_size = max(64, 2**25 // vocab_rows(teacher or self.model))
+        self.chunk_size = chunk_rows(vocab_rows(teacher or self.model))
         # Our loss divides by num_items_in_batch itself, so ask the Trainer to count it and not
         # divide again by the accumulation steps.
         self.model_accepts_loss_kwargs = True

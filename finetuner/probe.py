@@ -1,0 +1,164 @@
+"""The plan's time estimate, measured on this machine before "Start?": one training micro-batch of
+the run's own rows through models of the run's shapes, with random weights (no checkpoint is read).
+
+The probe yields a rate, training FLOPs a second counted the way `plan.training_flops` counts them,
+so the run's other batches, longer or shorter, scale from it. The optimizer step is timed apart:
+it costs the same every step whatever the tokens. A fixed, calibrated rate missed by 2.5x on a CPU
+other than the one it was calibrated on (README, "The plan"); a measured one follows the CPU.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from finetuner.config import RunConfig
+
+# The probe builds the models once more beside nothing else; keep it to a share of free memory.
+MEMORY_SHARE = 0.5
+WARM_UP_TOKENS = 16  # a first, tiny batch pays one-off setup (threads, allocator) outside the timing
+
+
+@dataclass(frozen=True)
+class Measured:
+    flops_per_second: float
+    optimizer_seconds: float  # one optimizer step
+    seconds: float  # the probe's own time, building the models included
+
+
+def why_not(cfg: RunConfig) -> str | None:
+    """Why no probe can stand for this run here, or None."""
+    import torch
+
+    from finetuner import distributed
+    from finetuner.teachers.topk_cache import is_complete
+
+    if torch.cuda.is_available():
+        return "GPU runs are not probed"
+    if distributed.world_size() > 1:
+        return "processes probing side by side would time each other"
+    if (cfg.method == "qlora" and not cfg.is_distillation) or getattr(cfg, "student_training", "") == "qlora" \
+            or (cfg.is_distillation and getattr(cfg, "teacher_quantization", None) and not is_complete(cfg)):
+        return "quantised models are not probed"
+    return None
+
+
+def measure(cfg: RunConfig, data, tokenizer) -> Measured:
+    """Time one micro-batch (forward, loss, backward) and one optimizer step; raises ProbeSkipped."""
+    import torch
+
+    started = time.perf_counter()
+    student, teacher = _models(cfg, data)
+    batch = _median_batch(data.train, cfg.batch_size, tokenizer)
+    step = _distillation_step(cfg, student, teacher) if teacher is not None else _plain_step(student)
+    warm = {key: value[:2, :WARM_UP_TOKENS] for key, value in batch.items()}
+    step(warm)
+    student.zero_grad(set_to_none=True)
+    clock = time.perf_counter()
+    step(batch)
+    seconds = time.perf_counter() - clock
+
+    from finetuner.plan import training_flops
+
+    tokens = batch["input_ids"].numel()
+    label_tokens = int((batch["labels"][:, 1:] != -100).sum())
+    rate = training_flops(cfg, tokens, label_tokens) / seconds
+    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-5)
+    optimizer.step()  # the first step allocates the moments
+    clock = time.perf_counter()
+    optimizer.step()
+    optimizer_seconds = time.perf_counter() - clock
+    return Measured(rate, optimizer_seconds, time.perf_counter() - started)
+
+
+class ProbeSkipped(Exception):
+    """The models would not fit in memory beside what is already there."""
+
+
+def _models(cfg: RunConfig, data):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from finetuner import adapters, disk, models
+    from finetuner.plan import steps, uses_live_teacher
+
+    name = cfg.student if cfg.is_distillation else cfg.model
+    layers = cfg.student_layers if cfg.is_distillation else None
+    live_teacher = uses_live_teacher(cfg)
+    student_params = disk.parameter_count(name, layers)
+    teacher_params = disk.parameter_count(cfg.teacher) if live_teacher else 0
+    need = student_params * 16 + teacher_params * 2  # fp32 weights, gradients, Adam's two moments; bf16 teacher
+    if need > MEMORY_SHARE * _available_bytes():
+        raise ProbeSkipped(f"the models need about {need / 2**30:.1f} GB to probe")
+
+    config = models.load_config(name)
+    if layers:
+        config = models.student_config(config, list(range(layers)))
+    student = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    student.train()
+    if cfg.uses_lora:
+        student = adapters.apply_adapter(cfg, student, steps(cfg, len(data.train)))
+    teacher = None
+    if live_teacher:
+        precision = models.precision_policy()
+        teacher = AutoModelForCausalLM.from_config(models.load_config(cfg.teacher), dtype=precision.teacher_dtype)
+        teacher.eval().requires_grad_(False)
+    return student, teacher
+
+
+def _available_bytes() -> int:
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def _median_batch(train, batch_size: int, tokenizer) -> dict:
+    """`batch_size` rows of about the median length: the Trainer groups rows by length, so a batch
+    is as long as its rows."""
+    from finetuner.data import make_collator
+
+    lengths = sorted(range(len(train)), key=lambda i: len(train[i]["input_ids"]))
+    middle = max(0, min(len(lengths) - batch_size, len(lengths) // 2 - batch_size // 2))
+    rows = [train[i] for i in lengths[middle:middle + batch_size]]
+    keep = ("input_ids", "attention_mask", "labels")
+    return dict(make_collator(tokenizer)([{k: row[k] for k in keep if k in row} for row in rows]))
+
+
+def _autocast():
+    import torch
+
+    from finetuner import models
+
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=models.precision_policy().bf16)
+
+
+def _plain_step(model):
+    """What the Trainer does for fine-tuning: the model's own loss over full logits."""
+    def step(batch: dict) -> None:
+        with _autocast():
+            loss = model(**batch).loss
+        loss.backward()
+    return step
+
+
+def _distillation_step(cfg: RunConfig, student, teacher):
+    """What DistillationTrainer does: both decoders, then the chunked loss on counted positions."""
+    import torch
+
+    from finetuner import distributed
+    from finetuner.losses import chunk_rows, kd_loss_from_hidden
+
+    vocab = min(student.get_output_embeddings().weight.shape[0], teacher.get_output_embeddings().weight.shape[0])
+
+    def step(batch: dict) -> None:
+        with _autocast():
+            out = distributed.decoder_outputs(student, batch["input_ids"], batch["attention_mask"])
+            with torch.no_grad():
+                teacher_out = teacher.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            result = kd_loss_from_hidden(out.last_hidden_state, teacher_out.last_hidden_state,
+                                         student.get_output_embeddings(), teacher.get_output_embeddings(),
+                                         batch["labels"], temperature=cfg.temperature, alpha=cfg.alpha,
+                                         vocab_size=vocab, chunk_size=chunk_rows(vocab), divergence=cfg.divergence,
+                                         beta=cfg.jsd_beta)
+        result.loss.backward()
+    return step

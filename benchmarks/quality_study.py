@@ -50,6 +50,7 @@ from finetuner.metrics import loop_rate  # noqa: E402
 from finetuner.wizard import parse_overrides  # noqa: E402
 from finetuner.data import encode_prompt, load_rows  # noqa: E402
 from finetuner.formatting import render_prompt  # noqa: E402
+from finetuner.teachers.cache import CACHE_FILE as GENERATION_CACHE  # noqa: E402
 from finetuner.trainer import LLMFineTuner  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -114,10 +115,18 @@ def train(cfg: RunConfig, fresh: bool) -> Path:
         return out / artifacts.MODEL_DIR
     if out.exists():
         shutil.rmtree(out)  # the study's own work directory, never a user's
+    shared = out.parent / GENERATION_CACHE
+    if cfg.is_distillation and cfg.teacher_writes and shared.is_file():
+        # The teacher's answers from an earlier variant (responses, then hybrid): the cache keys
+        # each line by teacher, prompt and settings, so only matching lines are reused.
+        out.mkdir(parents=True)
+        shutil.copyfile(shared, out / GENERATION_CACHE)
     tuner = LLMFineTuner(cfg)
     result = tuner.train_distillation() if cfg.is_distillation else tuner.train()
     if result.interrupted:
         raise SystemExit(f"interrupted; rerun to start {out} again")
+    if (out / GENERATION_CACHE).is_file():
+        shutil.copyfile(out / GENERATION_CACHE, shared)
     shutil.rmtree(out / artifacts.CHECKPOINTS_DIR, ignore_errors=True)
     return result.model_dir
 

@@ -63,9 +63,11 @@ def measure(cfg: RunConfig, data, tokenizer) -> Measured:
     tokens = batch["input_ids"].numel()
     label_tokens = int((batch["labels"][:, 1:] != -100).sum())
     rate = training_flops(cfg, tokens, label_tokens) / seconds
-    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-5)
+    trained = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=1e-5)
     optimizer.step()  # the first step allocates the moments
     clock = time.perf_counter()
+    torch.nn.utils.clip_grad_norm_(trained, 1.0)  # the Trainer clips every step (max_grad_norm 1)
     optimizer.step()
     optimizer_seconds = time.perf_counter() - clock
     return Measured(rate, optimizer_seconds, time.perf_counter() - started)

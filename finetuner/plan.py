@@ -142,6 +142,13 @@ def estimate(cfg: RunConfig, pre: Preflight, dry_run: bool = False) -> Estimate:
             measured = probe.measure(cfg, pre.data, pre.tokenizer)
         except probe.ProbeSkipped as exc:
             why = str(exc)
+        except (MemoryError, RuntimeError) as exc:
+            from finetuner.trainer import is_out_of_memory, out_of_memory_error
+
+            if not is_out_of_memory(exc):
+                raise
+            # One micro-batch did not fit: training would fail the same way, so say it before "Start?".
+            raise out_of_memory_error("timing one training step (the run's batch does not fit)") from None
         else:
             seconds = _seconds(cfg, pre.data, measured.flops_per_second, measured.optimizer_seconds)
             return Estimate(seconds, f"measured: a probe step here ran {measured.flops_per_second / 1e9:.0f} "

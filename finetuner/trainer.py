@@ -190,6 +190,12 @@ def last_complete_checkpoint(directory: Path) -> str | None:
 CALIBRATION_ROWS = 8  # training rows that pick a derived student's layers
 
 
+def out_of_memory_error(when: str) -> ui.UserError:
+    return ui.UserError(f"ran out of memory {when}",
+                        hint="lower batch_size (raise gradient_accumulation to keep the effective batch) or "
+                             "max_length; or use QLoRA 4bit, or student_training: lora when distilling")
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """CUDA raises torch.OutOfMemoryError; a failed CPU allocation is a plain RuntimeError."""
     text = str(exc)
@@ -491,10 +497,7 @@ class LLMFineTuner:
             except (MemoryError, RuntimeError) as exc:  # torch.OutOfMemoryError is a RuntimeError
                 if not is_out_of_memory(exc):
                     raise
-                raise ui.UserError(
-                    "ran out of memory while training",
-                    hint="lower batch_size (raise gradient_accumulation to keep the effective batch) or "
-                         "max_length; or use QLoRA 4bit, or student_training: lora when distilling") from None
+                raise out_of_memory_error("while training") from None
         seconds = time.perf_counter() - started
         history = trainer.state.log_history
         sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled

@@ -16,14 +16,12 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from finetuner import plan  # noqa: E402
 from finetuner.config import RunConfig, coerce  # noqa: E402
-from finetuner.wizard import parse_overrides  # noqa: E402
+from finetuner.wizard import load_answers, parse_overrides  # noqa: E402
 
 
 def main() -> int:
@@ -32,7 +30,7 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--run", type=Path, help="a finished run's output directory to compare with")
     args = parser.parse_args()
-    answers = yaml.safe_load(args.answers.read_text())
+    answers = load_answers(args.answers)
     answers.update({key: coerce(key, value) for key, value in parse_overrides(args.set).items()})
     cfg = RunConfig(**answers)
     pre = plan.preflight(cfg)

@@ -127,6 +127,13 @@ class RunConfig:
         return self.is_distillation and self.distillation_mode in ("responses", "hybrid")
 
     @property
+    def trains_plainly(self) -> bool:
+        """A distillation run that needs nothing from the teacher: alpha 1 with no hidden-state or
+        on-policy term is plain fine-tuning of the student (the SFT baseline); no teacher is loaded."""
+        return self.is_distillation and self.alpha == 1 and not self.hidden_state_weight \
+            and not self.on_policy_fraction
+
+    @property
     def uses_lora(self) -> bool:
         return self.student_training in ("lora", "qlora") if self.is_distillation else True
 

@@ -89,13 +89,11 @@ def _head_params(name: str) -> int:
 
 def uses_live_teacher(cfg: RunConfig) -> bool:
     """Whether the teacher runs forward during training, as trainer.train_distillation decides: not in
-    responses mode, not with a complete teacher cache (issue 12), not for alpha 1 with nothing else
-    needing the teacher (the SFT baseline)."""
+    responses mode, not with a complete teacher cache (issue 12), not when the student trains plainly."""
     from finetuner.teachers.topk_cache import is_complete
 
-    if not cfg.is_distillation or cfg.distillation_mode == "responses" or is_complete(cfg):
-        return False
-    return not (cfg.alpha == 1 and not cfg.hidden_state_weight and not cfg.on_policy_fraction)
+    return cfg.is_distillation and cfg.distillation_mode != "responses" and not is_complete(cfg) \
+        and not cfg.trains_plainly
 
 
 def training_flops(cfg: RunConfig, tokens: int, label_tokens: int) -> float:

@@ -23,7 +23,6 @@ WARM_UP_TOKENS = 16  # a first, tiny batch pays one-off setup (threads, allocato
 class Measured:
     flops_per_second: float
     optimizer_seconds: float  # one optimizer step
-    seconds: float  # the probe's own time, building the models included
 
 
 def why_not(cfg: RunConfig) -> str | None:
@@ -31,14 +30,14 @@ def why_not(cfg: RunConfig) -> str | None:
     import torch
 
     from finetuner import distributed
-    from finetuner.teachers.topk_cache import is_complete
+    from finetuner.plan import uses_live_teacher
 
     if torch.cuda.is_available():
         return "GPU runs are not probed"
     if distributed.world_size() > 1:
         return "processes probing side by side would time each other"
-    if (cfg.method == "qlora" and not cfg.is_distillation) or getattr(cfg, "student_training", "") == "qlora" \
-            or (cfg.is_distillation and getattr(cfg, "teacher_quantization", None) and not is_complete(cfg)):
+    quantised_student = cfg.student_training == "qlora" if cfg.is_distillation else cfg.method == "qlora"
+    if quantised_student or (uses_live_teacher(cfg) and cfg.teacher_quantization):
         return "quantised models are not probed"
     return None
 
@@ -47,7 +46,6 @@ def measure(cfg: RunConfig, data, tokenizer) -> Measured:
     """Time one micro-batch (forward, loss, backward) and one optimizer step; raises ProbeSkipped."""
     import torch
 
-    started = time.perf_counter()
     student, teacher = _models(cfg, data)
     batch = _median_batch(data.train, cfg.batch_size, tokenizer)
     step = _distillation_step(cfg, student, teacher) if teacher is not None else _plain_step(student)
@@ -70,7 +68,7 @@ def measure(cfg: RunConfig, data, tokenizer) -> Measured:
     torch.nn.utils.clip_grad_norm_(trained, 1.0)  # the Trainer clips every step (max_grad_norm 1)
     optimizer.step()
     optimizer_seconds = time.perf_counter() - clock
-    return Measured(rate, optimizer_seconds, time.perf_counter() - started)
+    return Measured(rate, optimizer_seconds)
 
 
 class ProbeSkipped(Exception):
@@ -82,6 +80,7 @@ def _models(cfg: RunConfig, data):
     from transformers import AutoModelForCausalLM
 
     from finetuner import adapters, disk, models
+    from finetuner.memory_plan import free_memory
     from finetuner.plan import steps, uses_live_teacher
 
     name = cfg.student if cfg.is_distillation else cfg.model
@@ -90,7 +89,7 @@ def _models(cfg: RunConfig, data):
     student_params = disk.parameter_count(name, layers)
     teacher_params = disk.parameter_count(cfg.teacher) if live_teacher else 0
     need = student_params * 16 + teacher_params * 2  # fp32 weights, gradients, Adam's two moments; bf16 teacher
-    if need > MEMORY_SHARE * _available_bytes():
+    if need > MEMORY_SHARE * free_memory()[1]:
         raise ProbeSkipped(f"the models need about {need / 2**30:.1f} GB to probe")
 
     config = models.load_config(name)
@@ -106,12 +105,6 @@ def _models(cfg: RunConfig, data):
         teacher = AutoModelForCausalLM.from_config(models.load_config(cfg.teacher), dtype=precision.teacher_dtype)
         teacher.eval().requires_grad_(False)
     return student, teacher
-
-
-def _available_bytes() -> int:
-    import psutil
-
-    return psutil.virtual_memory().available
 
 
 def _median_batch(train, batch_size: int, tokenizer) -> dict:
@@ -145,22 +138,17 @@ def _plain_step(model):
 
 def _distillation_step(cfg: RunConfig, student, teacher):
     """What DistillationTrainer does: both decoders, then the chunked loss on counted positions."""
-    import torch
-
     from finetuner import distributed
-    from finetuner.losses import chunk_rows, kd_loss_from_hidden
+    from finetuner.losses import chunk_rows
+    from finetuner.trainer import live_teacher_loss
 
     vocab = min(student.get_output_embeddings().weight.shape[0], teacher.get_output_embeddings().weight.shape[0])
 
     def step(batch: dict) -> None:
         with _autocast():
             out = distributed.decoder_outputs(student, batch["input_ids"], batch["attention_mask"])
-            with torch.no_grad():
-                teacher_out = teacher.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            result = kd_loss_from_hidden(out.last_hidden_state, teacher_out.last_hidden_state,
-                                         student.get_output_embeddings(), teacher.get_output_embeddings(),
-                                         batch["labels"], temperature=cfg.temperature, alpha=cfg.alpha,
-                                         vocab_size=vocab, chunk_size=chunk_rows(vocab), divergence=cfg.divergence,
-                                         beta=cfg.jsd_beta)
+            _, result = live_teacher_loss(student, out, teacher, batch, temperature=cfg.temperature, alpha=cfg.alpha,
+                                          vocab_size=vocab, chunk_size=chunk_rows(vocab), divergence=cfg.divergence,
+                                          beta=cfg.jsd_beta)
         result.loss.backward()
     return step

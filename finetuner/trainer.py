@@ -127,15 +127,11 @@ class DistillationTrainer(Trainer):
                                                                                for t in entries)),
                                             vocab_size=self.vocab_size, temperature=self.temperature, alpha=alpha,
                                             num_items_in_batch=num_items_in_batch, chunk_size=self.chunk_size), None
-        with torch.no_grad():
-            teacher_out = self.teacher.get_decoder()(input_ids=inputs["input_ids"],
-                                                     attention_mask=inputs["attention_mask"],
-                                                     output_hidden_states=states)
-        result = kd_loss_from_hidden(student_out.last_hidden_state, teacher_out.last_hidden_state,
-                                     student.get_output_embeddings(), self.teacher.get_output_embeddings(),
-                                     inputs["labels"], temperature=self.temperature, alpha=alpha,
-                                     num_items_in_batch=num_items_in_batch, vocab_size=self.vocab_size,
-                                     chunk_size=self.chunk_size, divergence=self.divergence, beta=self.beta)
+        teacher_out, result = live_teacher_loss(student, student_out, self.teacher, inputs, states,
+                                                temperature=self.temperature, alpha=alpha,
+                                                num_items_in_batch=num_items_in_batch, vocab_size=self.vocab_size,
+                                                chunk_size=self.chunk_size, divergence=self.divergence,
+                                                beta=self.beta)
         if not states:
             return result, None
         mask, _ = select_targets(inputs["labels"])
@@ -168,6 +164,19 @@ class DistillationTrainer(Trainer):
             self._eval_parts = {"ce": 0.0, "kl": 0.0}
             self._eval_rows = 0
         super().log(logs, start_time)
+
+
+def live_teacher_loss(student, student_out, teacher, inputs, output_hidden_states: bool = False, **loss_settings):
+    """The frozen teacher's forward on the batch, then the chunked loss against the student's
+    decoder outputs (`student_out`). Returns (teacher outputs, KDLoss). The plan's probe step
+    (probe.py) times this same function."""
+    with torch.no_grad():
+        teacher_out = teacher.get_decoder()(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                            output_hidden_states=output_hidden_states)
+    result = kd_loss_from_hidden(student_out.last_hidden_state, teacher_out.last_hidden_state,
+                                 student.get_output_embeddings(), teacher.get_output_embeddings(), inputs["labels"],
+                                 **loss_settings)
+    return teacher_out, result
 
 
 def last_complete_checkpoint(directory: Path) -> str | None:
@@ -277,8 +286,7 @@ class LLMFineTuner:
         # GPU (cuda:LOCAL_RANK) the current one, so no rank loads its teacher onto cuda:0.
         args = self._training_args()
         student = self._load_student(data, student_tokenizer)
-        if cfg.alpha == 1 and not cfg.hidden_state_weight and not cfg.on_policy_fraction:
-            # Plain fine-tuning of the student (the SFT baseline): nothing uses the teacher, so it is not loaded.
+        if cfg.trains_plainly:  # the SFT baseline: nothing uses the teacher, so it is not loaded
             student = self._maybe_lora(student, data)
             trainer = Trainer(model=student, args=args, train_dataset=data.train, eval_dataset=self._eval_dataset(data),
                               data_collator=make_collator(student_tokenizer), processing_class=student_tokenizer,

@@ -272,13 +272,17 @@ def run(args: argparse.Namespace) -> int:
     with noise.routed_to_log(cfg.output_dir, args.verbose):
         result = tuner.train_distillation(resume=args.resume) if cfg.is_distillation else tuner.train(resume=args.resume)
     if result.interrupted:
+        distributed.finish()
         ui.warning(f"Interrupted; checkpoint saved. Resume with:  {resume_command(cfg.output_dir)}")
+        return 130
+    ui.success(f"Model saved in {result.model_dir}")
+    # Every rank trains the baseline, as it trained the student; then the ranks part.
+    baseline_stopped = cfg.is_distillation and cfg.sft_baseline and sft_baseline_stage(cfg) == 130
+    distributed.finish()
+    if baseline_stopped:
         return 130
     if not distributed.is_main_process():
         return 0  # the main process saved the model; it alone benchmarks and uploads
-    ui.success(f"Model saved in {result.model_dir}")
-    if cfg.is_distillation and cfg.sft_baseline and sft_baseline_stage(cfg) == 130:
-        return 130
     describe_adapter(cfg)
 
     if cfg.benchmark and applies("benchmark", cfg):
@@ -310,6 +314,9 @@ def sft_baseline_stage(cfg: RunConfig) -> int:
 def cache_teacher_stage(tuner, answers_path: Path) -> int:
     """--cache-teacher: fill the cache and stop; the same answers file trains from it later."""
     cache = tuner.build_teacher_cache()
+    distributed.finish()
+    if not distributed.is_main_process():
+        return 0
     ui.success(f"Teacher cache ready in {cache}. Train (here or on a machine with a copy of it at the same path, "
                f"or with teacher_cache set to the copy's path):  python finetune_cli.py --answers {answers_path}")
     return 0

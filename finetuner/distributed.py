@@ -63,6 +63,20 @@ def any_rank(flag: bool, device) -> bool:
     return bool(value.item())
 
 
+def finish() -> None:
+    """Every rank waits for the others, then leaves the process group.
+
+    A rank that exits with the gloo group still alive can abort in its C++ teardown
+    ("terminate called without an active exception", SIGABRT) and torchrun then fails the whole
+    run, although training finished. After this the main process benchmarks and uploads alone.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def decoder_outputs(model, input_ids, attention_mask, output_hidden_states: bool = False):
     """The decoder's outputs (`last_hidden_state`, what the LM head sees; `hidden_states` when asked)
     of `model`, computed by its own forward.

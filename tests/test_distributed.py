@@ -150,3 +150,30 @@ def test_torchrun_responses_mode_asks_the_teacher_once(tmp_path, tiny_gpt2, tiny
         assert a["rows"] and not set(a["rows"]) & set(b["rows"])
         assert a["weights_sha1"] == b["weights_sha1"]
     assert run.stdout.count("Model saved in") == 1
+
+
+@pytest.mark.slow
+def test_torchrun_trains_the_sft_baseline_on_every_rank_then_benchmarks_once(tmp_path, tiny_llama, tiny_llama_small,
+                                                                             qa_file):
+    """The baseline is trained like the student, by both ranks in step; then the ranks part and the main
+    process benchmarks alone (before, rank 1 left after the student and rank 0's baseline lost its peer)."""
+    answers = yaml.safe_load(distill_answers(tmp_path, "out", tiny_llama, tiny_llama_small, qa_file, 2).read_text())
+    answers.update(max_steps=2, sft_baseline=True, benchmark=True, benchmark_samples=2, max_new_tokens=4)
+    path = tmp_path / "baseline.yaml"
+    path.write_text(yaml.safe_dump(answers))
+    env = {**os.environ, "FINETUNER_TRACE_DIR": str(tmp_path / "trace"), "OMP_NUM_THREADS": "1",
+           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "finetune_cli.py", "--answers", str(path), "--defaults", "--yes"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    from finetuner import artifacts
+
+    assert (tmp_path / "out" / artifacts.SFT_BASELINE_DIR / "model" / "model.safetensors").is_file()
+    ranks = [read_trace(tmp_path / "trace", r) for r in (0, 1)]
+    assert [len(r) for r in ranks] == [4, 4]  # the student's 2 steps, then the baseline's 2, on each rank
+    assert all(a["weights_sha1"] == b["weights_sha1"] for a, b in zip(*ranks))
+    from finetuner.benchmark import REPORT_FILE
+
+    report = json.loads((tmp_path / "out" / REPORT_FILE).read_text())
+    assert report["sft_baseline"] in [m["label"] for m in report["models"]]

@@ -22,6 +22,8 @@ HIDDEN_STATE_LOSSES = ("mse", "cosine")
 STUDENT_TRAINING = ("full", "lora", "qlora")  # qlora: distillation_mode responses only
 DISTILLATION_MODES = ("logits", "responses", "hybrid")
 REPORT_TO = ("none", "tensorboard", "trackio", "wandb")
+# A training row longer than max_length: cut at max_length (losing its end, EOS included), or left out.
+LONG_ROWS = ("truncate", "drop")
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class RunConfig:
     dataset_files: Optional[str] = None
     max_samples: int = 1000
     max_length: int = 512
+    long_rows: str = "truncate"  # a training row over max_length: "truncate" (cut) or "drop" (axolotl's way)
     # Distillation settings
     temperature: float = 2.0
     alpha: float = 0.5
@@ -285,7 +288,8 @@ def check_field(key: str, value: Any) -> str | None:
     choices = {"approach": APPROACHES, "method": METHODS, "quantization": QUANTIZATIONS,
                "student_training": STUDENT_TRAINING, "divergence": DIVERGENCES,
                "hidden_state_loss": HIDDEN_STATE_LOSSES, "distillation_mode": DISTILLATION_MODES,
-               "generation_on_budget": ("train", "stop"), "report_to": REPORT_TO}
+               "generation_on_budget": ("train", "stop"), "report_to": REPORT_TO,
+               "long_rows": LONG_ROWS}
     if key == "teacher_quantization" and value is not None and value not in QUANTIZATIONS:
         return f"must be one of {', '.join(QUANTIZATIONS)}, or empty for the teacher's own precision (got {value!r})"
     if key in choices and value not in choices[key]:

@@ -381,7 +381,7 @@ def _leading_special_ids(tokenizer) -> list[int]:
 
 
 def _tokenize(examples: list[dict], plain_text: bool, tokenizer, max_length: int) -> tuple[list[dict], dict[str, int]]:
-    """Examples as {"input_ids", "labels", "example"}; rows whose prompt fills max_length are dropped."""
+    """Examples as {"input_ids", "labels", "example", "cut"}; rows whose prompt fills max_length are dropped."""
     suffix = response_suffix(tokenizer)
     if plain_text:
         prompt_ids = [[] for _ in examples]
@@ -397,11 +397,12 @@ def _tokenize(examples: list[dict], plain_text: bool, tokenizer, max_length: int
         if len(prompt) >= max_length:
             counts["dropped_too_long"] += 1
             continue
-        if len(prompt) + len(response) > max_length:
+        cut = len(prompt) + len(response) > max_length
+        if cut:
             counts["truncated"] += 1
             response = response[:max_length - len(prompt)]
         encoded.append({"input_ids": prompt + response, "labels": [-100] * len(prompt) + response,
-                        "example": example})
+                        "example": example, "cut": cut})
     return encoded, counts
 
 
@@ -478,9 +479,22 @@ def split(cfg: RunConfig, tokenizer, dataset: str | None = None) -> Split:
                         hint="raise max_length, or use shorter prompts")
     # Which rows are held out depends on prompt lengths only, never on responses.
     n_eval = _eval_size(len(encoded), cfg.eval_fraction)
+    train, heldout = encoded[:len(encoded) - n_eval], encoded[len(encoded) - n_eval:]
     stats = {"rows_loaded": rows.num_rows, "dropped_empty": dropped, "rows_used": len(encoded),
-             "truncated": counts["truncated"], "dropped_too_long": counts["dropped_too_long"]}
-    return Split(encoded[:len(encoded) - n_eval], encoded[len(encoded) - n_eval:], fmt, stats)
+             "truncated": counts["truncated"], "dropped_too_long": counts["dropped_too_long"], "dropped_long": 0}
+    return Split(train, heldout, fmt, stats)
+
+
+def _drop_cut(train: list[dict], max_length: int) -> tuple[list[dict], int]:
+    """long_rows drop: training rows that were cut at max_length leave, so every row trained on ends as
+    written (its final answer and EOS). Held-out rows stay: the benchmark asks what users will ask."""
+    kept = [e for e in train if not e["cut"]]
+    if not kept:
+        raise UserError(f"long_rows is drop, and every training row is longer than max_length ({max_length} tokens)",
+                        hint="raise max_length, or set long_rows truncate")
+    if len(kept) < len(train):
+        ui.info(f"Left {_rows(len(train) - len(kept))} longer than max_length out of training (long_rows drop)")
+    return kept, len(train) - len(kept)
 
 
 def prepare(cfg: RunConfig, tokenizer, dataset: str | None = None,
@@ -499,6 +513,8 @@ def prepare(cfg: RunConfig, tokenizer, dataset: str | None = None,
                                  "(generation_drop_incomplete false) or raise generation_max_new_tokens")
         train, counts = _tokenize(rewritten, False, tokenizer, cfg.max_length)
         stats["truncated"] = counts["truncated"]
+    if cfg.long_rows == "drop":  # the rows trained on: the teacher's when it rewrote them
+        train, stats["dropped_long"] = _drop_cut(train, cfg.max_length)
     stats.update({"train_rows": len(train), "eval_rows": len(held),
                   "train_label_tokens": _label_tokens(train), "eval_label_tokens": _label_tokens(held)})
     ui.info(f"{_rows(len(train))} to train on ({stats['train_label_tokens']} tokens counted in the loss), "

@@ -124,7 +124,8 @@ QUESTIONS: tuple[Question, ...] = (
     Question("max_samples", "How many samples to use",
              help="Rows to use, picked at random (seeded); fewer rows train faster. 10% is held out."),
     Question("max_length", "Maximum sequence length (tokens)",
-             help="Rows longer than this are cut; longer fits more text but costs memory and time."),
+             help="Rows longer than this are cut (or left out: long_rows drop); longer fits more text "
+                  "but costs memory and time."),
     Question("temperature", "Temperature (softens both models' distributions; usually 1-5)",
              help="Higher spreads the teacher's probabilities, so the student learns more than its top "
                   "choice; 2 is typical."),
@@ -191,6 +192,8 @@ QUESTIONS: tuple[Question, ...] = (
              tuple((name, name) for name in ("none", "tensorboard", "trackio", "wandb")), ask=False),
     # Advanced settings: from an answers file or --set only.
     Question("eval_fraction", "Held-out fraction", ask=False),
+    Question("long_rows", "Training rows longer than max_length", "select",
+             (("Cut them at max_length", "truncate"), ("Leave them out of training", "drop")), ask=False),
     Question("merge_adapter", "Also save a merged model", ask=False),
     Question("max_steps", "Stop after this many optimizer steps", ask=False),
     Question("save_steps", "Save a checkpoint every this many steps", ask=False),

@@ -196,6 +196,22 @@ def test_truncation_keeps_the_prompt_and_drops_rows_without_room(tmp_path, token
     assert "Dropped 1 row whose prompt alone fills max_length" in out
 
 
+def test_long_rows_drop_leaves_cut_training_rows_out_and_keeps_the_held_out_ones(tmp_path, tokenizer, capsys):
+    long = {"question": "What is 1 plus 2?", "answer": "1 plus 2 is 3. " * 20 + "#### 3"}
+    rows = [long, {"question": "What is 5 plus 6?", "answer": "#### 11"}, {"question": "What is 7 plus 8?", "answer": "#### 15"},
+            {"question": "What is 2 plus 2?", "answer": "2 plus 2 is 4. " * 20 + "#### 4"}]
+    path = write_jsonl(tmp_path / "long.jsonl", rows)
+    cut = prepare(config(path, max_length=32, eval_fraction=0.25, seed=0), tokenizer)
+    capsys.readouterr()
+    data = prepare(config(path, max_length=32, eval_fraction=0.25, seed=0, long_rows="drop"), tokenizer)
+    # Every row trained on ends as written, with its EOS; the cut one is gone, not shortened.
+    assert (cut.stats["train_rows"], data.stats["train_rows"], data.stats["dropped_long"]) == (3, 2, 1)
+    assert all(ids[-1] == tokenizer.eos_token_id and len(ids) < 32 for ids in data.train["input_ids"])
+    # The held-out rows are the same either way: the benchmark asks what users will ask.
+    assert data.heldout == cut.heldout and len(data.heldout) == 1
+    assert "Left 1 row longer than max_length out of training (long_rows drop)" in capsys.readouterr().out
+
+
 def test_collator_pads_to_the_longest_in_the_batch(qa_file, tokenizer):
     data = prepare(config(qa_file, max_samples=6, eval_fraction=0.0), tokenizer)
     rows = [data.train[i] for i in range(4)]

@@ -141,6 +141,8 @@ def _summary(cfg, adapter: bool) -> str:
     if _derived_student(cfg):
         what = (f"A {cfg.student_layers}-layer student cut from {_model_label(cfg.teacher)} "
                 f"and distilled from it")
+    elif cfg.is_distillation and cfg.distillation_mode == "responses":
+        what = f"{_model_label(cfg.student)} fine-tuned on answers written by {_model_label(cfg.teacher)}"
     elif cfg.is_distillation:
         what = f"{_model_label(cfg.student)} distilled from {_model_label(cfg.teacher)}"
     else:
@@ -151,7 +153,9 @@ def _summary(cfg, adapter: bool) -> str:
 
 # What the card tells about a run, in this order; settings that do not apply are left out.
 _CARD_SETTINGS = ("approach", "model", "method", "teacher", "student", "student_layers", "student_training",
-                  "temperature", "alpha", "dataset", "max_samples", "max_length", "epochs", "learning_rate",
+                  "distillation_mode", "divergence", "jsd_beta", "on_policy_fraction", "hidden_state_weight",
+                  "hidden_state_loss", "temperature", "alpha", "dataset", "max_samples", "max_length", "long_rows",
+                  "epochs", "learning_rate",
                   "batch_size", "gradient_accumulation", "max_steps", "lora_r", "lora_alpha", "lora_dropout",
                   "quantization", "adalora_init_r", "adalora_target_r", "seed")
 

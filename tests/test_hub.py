@@ -129,8 +129,18 @@ def test_distilled_adapter_card_names_base_teacher_and_dataset():
     assert "model-index" not in metadata and "model_name" not in metadata  # not benchmarked
     assert "AutoPeftModelForCausalLM" in text
     assert "15-layer student" in text and "not on the Hub" in text  # its base must be rebuilt
-    for setting in ("| temperature | 3.0 |", "| alpha | 0.25 |", "| student_layers | 15 |", "| epochs | 3 |"):
+    for setting in ("| temperature | 3.0 |", "| alpha | 0.25 |", "| student_layers | 15 |", "| epochs | 3 |",
+                    "| distillation_mode | logits |", "| divergence | forward_kl |"):
         assert setting in text
+
+
+def test_card_of_a_student_taught_by_written_answers_says_so():
+    cfg = RunConfig(approach="distillation", distillation_mode="responses", teacher="org/big-teacher",
+                    student="org/small", student_layers=None, long_rows="drop", hub_repo="alice/small")
+    text = hub.model_card(cfg, None, adapter=False)
+    assert "fine-tuned on answers written by org/big-teacher" in text
+    assert "| distillation_mode | responses |" in text and "| long_rows | drop |" in text
+    assert "| divergence |" not in text and "| temperature |" not in text  # no logits were matched
 
 
 def test_hub_model_and_dataset_ids_go_into_the_metadata():

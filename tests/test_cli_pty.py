@@ -131,9 +131,11 @@ def test_non_empty_output_dir_asks_before_writing_into_it(tmp_path):
     assert (out / "notes.txt").read_text() == "mine"
 
 
-def test_edit_one_setting_at_start_then_decline_keeps_the_answers(tmp_path):
+def test_edit_one_setting_at_start_then_decline_keeps_the_answers(tmp_path, tiny_llama, tiny_llama_small, qa_file):
     path = tmp_path / "a.yaml"
-    path.write_text(_complete_answers(tmp_path / "c"))
+    # Tiny models: the plan's probe (run at each plan) then takes a moment; this test is about the prompts.
+    path.write_text(_complete_answers(tmp_path / "c", teacher=str(tiny_llama), student=str(tiny_llama_small),
+                                      student_layers=None, dataset=str(qa_file), max_length=64))
     child = spawn("--answers", str(path))
     child.expect("Training example")
     child.expect("masked, not in the loss")  # the prompt part of the example, marked
@@ -199,10 +201,10 @@ def test_typing_replaces_the_default_and_tab_completes_paths(tmp_path):
     assert saved["dataset"] == "my-questions.jsonl" and saved["max_samples"] == 7, output
 
 
-def _complete_answers(out: Path) -> str:
+def _complete_answers(out: Path, **settings) -> str:
     from finetuner.config import RunConfig
 
-    return yaml.safe_dump(RunConfig(approach="distillation", output_dir=str(out)).to_answers())
+    return yaml.safe_dump(RunConfig(approach="distillation", output_dir=str(out), **settings).to_answers())
 
 
 # ---- arbitrary typing -----------------------------------------------------------------------

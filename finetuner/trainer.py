@@ -22,7 +22,7 @@ from finetuner.data import PreparedData, make_collator, prepare
 from finetuner.formatting import save_prompt_format
 from finetuner.interrupt import GracefulInterrupt
 from finetuner.objectives import trainer_settings as objective_settings
-from finetuner.losses import chunk_rows, kd_loss_from_hidden, select_targets
+from finetuner.losses import KDLoss, chunk_rows, kd_loss_from_hidden, select_targets
 from finetuner.objectives.topk import TeacherEntries, topk_kd_loss_from_hidden
 from finetuner.teachers import topk_cache
 from finetuner.progress import ProgressReporter
@@ -120,6 +120,9 @@ class DistillationTrainer(Trainer):
         # DDP/FSDP wrapper, which synchronises its gradients; the teacher is frozen and unwrapped.
         student_out = distributed.decoder_outputs(model, inputs["input_ids"], inputs["attention_mask"],
                                                   output_hidden_states=states)
+        if self.teacher_cache is not None and topk_cache.ROW_INDEX not in inputs:
+            return held_out_ce(student_out.last_hidden_state, student.get_output_embeddings(), inputs["labels"],
+                               self.vocab_size, self.chunk_size), None
         if self.teacher_cache is not None:  # the teacher's top-k read from disk; forward KL only (config.py)
             entries = self.teacher_cache.entries_for_batch(inputs[topk_cache.ROW_INDEX], inputs["labels"])
             return topk_kd_loss_from_hidden(student_out.last_hidden_state, student.get_output_embeddings(),
@@ -159,11 +162,28 @@ class DistillationTrainer(Trainer):
             self._micro_batches = 0
             self._samples = []
         if self._eval_rows and "eval_loss" in logs:  # eval_ce / eval_kl go on the loss curve too
-            for name in self._eval_parts:
-                logs[f"eval_{name}"] = round(self._eval_parts[name] / self._eval_rows, 4)
+            for name, value in self._eval_parts.items():
+                if not math.isnan(value):  # NaN: not measured (the divergence, with a teacher cache)
+                    logs[f"eval_{name}"] = round(value / self._eval_rows, 4)
             self._eval_parts = {"ce": 0.0, "kl": 0.0}
             self._eval_rows = 0
         super().log(logs, start_time)
+
+
+def held_out_ce(student_hidden, student_head, labels, vocab_size: int, chunk_size: int) -> KDLoss:
+    """Evaluation with a teacher cache: the cache holds the training rows' teacher entries only, and
+    no teacher is loaded, so held-out rows score the student's CE alone (eval_loss is eval_ce; the
+    divergence is NaN, left out of the logs). Counted positions only, chunk by chunk, as in training."""
+    import torch.nn.functional as F
+
+    mask, targets = select_targets(labels)
+    rows = student_hidden[:, :-1][mask]
+    ce = rows.new_zeros((), dtype=torch.float32)
+    for start in range(0, len(targets), chunk_size):
+        logits = student_head(rows[start:start + chunk_size])[..., :vocab_size]
+        ce = ce + F.cross_entropy(logits.float(), targets[start:start + chunk_size], reduction="sum")
+    ce = ce / max(len(targets), 1)
+    return KDLoss(ce, ce.detach(), torch.full_like(ce, float("nan")))
 
 
 def live_teacher_loss(student, student_out, teacher, inputs, output_hidden_states: bool = False, **loss_settings):

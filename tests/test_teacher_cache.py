@@ -189,3 +189,28 @@ def test_objectives_that_need_a_live_teacher_are_refused_with_the_cache(setting,
     with pytest.raises(ValueError, match=fragment):
         RunConfig(approach="distillation", teacher_cache="cache", **setting)
     RunConfig(approach="distillation", **setting)  # fine without the cache
+
+
+def test_eval_steps_with_the_cache_scores_held_out_ce_and_keeps_the_best(built, tmp_path):
+    """The cache holds training rows only and no teacher is loaded: held-out evaluation is the student's
+    own CE (the same number its model loss gives), with no divergence logged, and it picks the checkpoint."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from finetuner.config import RunConfig
+    from finetuner.data import make_collator, prepare
+
+    path = fresh_copy(built, tmp_path, eval_steps=2)
+    assert run(path) == 0
+    history = json.loads((tmp_path / "out" / "training_log.json").read_text())["log_history"]
+    evals = [e for e in history if "eval_loss" in e]
+    assert len(evals) == 4 and all(e["eval_ce"] == pytest.approx(e["eval_loss"], abs=1e-3) for e in evals)
+    assert not any("eval_kl" in e for e in history)
+
+    cfg = RunConfig(**yaml.safe_load(path.read_text()))
+    model_dir = tmp_path / "out" / "model"
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    held = prepare(cfg, tokenizer).eval
+    batch = make_collator(tokenizer)([held[i] for i in range(len(held))])
+    with torch.no_grad():
+        loss = AutoModelForCausalLM.from_pretrained(model_dir)(**batch).loss
+    assert float(loss) == pytest.approx(min(e["eval_loss"] for e in evals), rel=0.02)  # the best one was kept

@@ -13,6 +13,7 @@ benchmark.json (written by `save`):
               "loop_rate",                     # share of answers repeating a word 4-gram 3+ times
               "fidelity_rougeL", "top1_agreement",  # vs the teacher (distillation); null for the teacher
               "parameters", "size_on_disk_mb", "tokens_per_s", "peak_memory_mb",  # null when unknown
+                                               # tokens_per_s: one batch, SPEED_TOKENS new tokens a row
               "source": "weights" | "answers file",  # the teacher answered from teacher_heldout.jsonl
               "samples": [{"prompt", "reference", "generation"}, ...]},  # every prompt benchmarked
              ...],                             # in run order; the last is the model this run made
@@ -68,7 +69,7 @@ def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
 # ---- generation -----------------------------------------------------------------------------
 
 def generate(model, tokenizer, prompts: list[str | list[dict]], max_new_tokens: int,
-             batch_size: int = 8) -> tuple[list[str], dict]:
+             batch_size: int = 8, min_new_tokens: int = 0) -> tuple[list[str], dict]:
     """Greedy answers to raw user prompts, decoded from the new tokens only.
 
     Returns the answers and {"generated_tokens", "decoded_tokens", "seconds", "tokens_per_s"}.
@@ -99,7 +100,8 @@ def generate(model, tokenizer, prompts: list[str | list[dict]], max_new_tokens: 
             batch = tokenizer.pad({"input_ids": encode_prompt(tokenizer, texts)}, padding=True,
                                   return_tensors="pt").to(model.device)
             with torch.inference_mode():
-                output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                output = model.generate(**batch, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                                        do_sample=False,
                                         temperature=None, top_p=None, top_k=None,
                                         pad_token_id=tokenizer.pad_token_id)
             new_tokens = output[:, batch["input_ids"].shape[1]:]
@@ -264,6 +266,20 @@ class ModelResult:
     source: str = "weights"  # "answers file": scored from teacher_heldout.jsonl
 
 
+SPEED_TOKENS = 64  # new tokens per row when timing decoding (at most max_new_tokens)
+
+
+def decoding_speed(model, tokenizer, prompts: list, new_tokens: int, batch_size: int) -> float:
+    """Tokens/s decoding one batch of the held-out prompts for exactly `new_tokens` tokens a row
+    (EOS suppressed until then), so every model does the same work whatever its answers' lengths.
+    Timed on its own answers, a model whose answers all stop early pays the prompts' prefill over
+    fewer tokens and looks slower: a student that learned to finish its answers measured 1.48x its
+    teacher's speed, where its looping twin of the same architecture had measured 1.77x."""
+    _, stats = generate(model, tokenizer, prompts[:batch_size], new_tokens, batch_size=batch_size,
+                        min_new_tokens=new_tokens)
+    return stats["tokens_per_s"]
+
+
 def evaluate(label: str, model, tokenizer, heldout: list[dict], max_new_tokens: int,
              model_dir: str | Path | None = None, batch_size: int = 8, max_length: int = 512,
              teacher: TeacherSignal | None = None) -> tuple[ModelResult, TeacherSignal]:
@@ -277,14 +293,15 @@ def evaluate(label: str, model, tokenizer, heldout: list[dict], max_new_tokens: 
     # tokens/s so the first model benchmarked is not made to look slower.
     generate(model, tokenizer, prompts[:1], max_new_tokens=2)
     with _PeakMemory(model.device) as memory:
-        answers, stats = generate(model, tokenizer, prompts, max_new_tokens, batch_size=batch_size)
+        answers, _ = generate(model, tokenizer, prompts, max_new_tokens, batch_size=batch_size)
+    tokens_per_s = decoding_speed(model, tokenizer, prompts, min(max_new_tokens, SPEED_TOKENS), batch_size)
     ppl, top1 = reference_pass(model, tokenizer, heldout, max_length, batch_size)
     result = ModelResult(
         label=label,
         rouge={m: round(v, 4) for m, v in rouge(answers, references).items()},
         parameters=_parameter_count(model),
         size_on_disk_mb=_size_mb(model_dir) if model_dir is not None else None,
-        tokens_per_s=stats["tokens_per_s"],
+        tokens_per_s=tokens_per_s,
         peak_memory_mb=round((_weight_bytes(model) + memory.growth) / 2**20, 1),
         samples=_samples(heldout, answers),
         perplexity=round(ppl, 4),

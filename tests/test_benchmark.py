@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+
 import json
 
 import pytest
@@ -78,6 +80,28 @@ def test_generate_returns_only_the_new_tokens(chatty, tokenizer):
         assert prompt not in answer and "assistant" not in answer and "user" not in answer
     assert 0 < stats["generated_tokens"] <= 6 * len(PROMPTS)
     assert stats["tokens_per_s"] > 0
+
+
+def test_decoding_speed_times_the_same_work_for_a_model_whose_answers_stop_at_once(chatty, tokenizer):
+    """A model that ends every answer after one token still decodes the full length when timed, so its
+    tokens/s is not its prompts' prefill spread over a handful of tokens."""
+    from finetuner.benchmark import decoding_speed
+
+    import torch
+
+    from finetuner.data import encode_prompt
+    from finetuner.formatting import render_prompt
+
+    ids = torch.tensor(encode_prompt(tokenizer, [render_prompt(tokenizer, PROMPTS[0])]))
+    with torch.no_grad():
+        first = int(chatty(input_ids=ids).logits[0, -1].argmax())  # its greedy first token
+    stops_at_once = copy.deepcopy(chatty)
+    stops_at_once.generation_config.eos_token_id = [tokenizer.eos_token_id, first]
+    _, short = generate(stops_at_once, tokenizer, PROMPTS[:1], max_new_tokens=8)
+    assert short["generated_tokens"] == 1  # it does stop at once when left alone
+    _, timed = generate(stops_at_once, tokenizer, PROMPTS[:1], max_new_tokens=8, min_new_tokens=8)
+    assert timed["generated_tokens"] == timed["decoded_tokens"] == 8
+    assert decoding_speed(stops_at_once, tokenizer, PROMPTS, 8, batch_size=2) > 0
 
 
 def test_left_padding_gives_the_same_answer_alone_and_in_a_batch(chatty, tokenizer):

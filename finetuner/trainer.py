@@ -356,6 +356,11 @@ class LLMFineTuner:
     def _load_teacher(self, device=None):
         precision = models.precision_policy()
         cfg = self.cfg
+        written = self.teacher_data
+        if written is not None and written.model is not None:  # hybrid: the teacher that just wrote
+            ui.info(f"Teacher {cfg.teacher}: the weights that wrote the responses, reused for its logits")
+            teacher, written.model = written.model, None  # held by the trainer alone, freed with it
+            return teacher.to(device) if device is not None else teacher
         ui.step(f"Loading teacher {cfg.teacher} "
                 f"({cfg.teacher_quantization or str(precision.teacher_dtype).removeprefix('torch.')})")
         teacher = models.load_teacher(cfg.teacher, precision, cfg.teacher_quantization)

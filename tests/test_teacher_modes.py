@@ -64,6 +64,8 @@ def test_hybrid_trains_logits_on_the_teachers_responses(tmp_path, tiny_llama, ti
     assert len((tmp_path / "out" / CACHE_FILE).read_text().splitlines()) == 10
     log = json.loads((tmp_path / "out" / "training_log.json").read_text())
     assert any("kl" in entry for entry in log["log_history"])  # the logits term ran
+    out = capsys.readouterr().out
+    assert out.count("Loading teacher") == 1 and "reused for its logits" in out  # loaded once, not twice
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from finetuner import artifacts, ui
 from finetuner.config import RunConfig
@@ -30,6 +30,17 @@ class TeacherData:
     rewrite: Callable[[dict], dict | None] | None
     kept: int
     dropped: int
+    # The local teacher's weights, when hybrid loaded them to write: its logits term reuses them
+    # instead of loading the teacher a second time. None otherwise (responses mode frees them).
+    model: Any = None
+
+
+def _for_logits(cfg: RunConfig, teacher):
+    """The weights a local teacher loaded to write, kept for hybrid's logits when they are what it
+    would load (a quantised teacher_quantization loads differently)."""
+    if cfg.distillation_mode != "hybrid" or cfg.teacher_quantization:
+        return None
+    return getattr(teacher, "loaded_model", None)
 
 
 def open_teacher(cfg: RunConfig):
@@ -102,7 +113,7 @@ def _from_prompts(cfg, teacher, cache, tokenizer, resume_command) -> TeacherData
         return {**{k: v for k, v in example.items() if k != "response"}, "response": reply.text.strip()}
 
     show_samples([(r.prompt, cache.replies[r.key].text) for r in kept])
-    return TeacherData(None, rewrite, len(kept), len(train) - len(kept))
+    return TeacherData(None, rewrite, len(kept), len(train) - len(kept), model=_for_logits(cfg, teacher))
 
 
 def _from_documents(cfg, teacher, cache, tokenizer, resume_command) -> TeacherData:
@@ -136,7 +147,7 @@ def _from_documents(cfg, teacher, cache, tokenizer, resume_command) -> TeacherDa
             json.dumps({"prompt": p["question"], "response": p["answer"]}, ensure_ascii=False) + "\n"
             for p in pairs))
     show_samples([(p["question"], p["answer"]) for p in pairs])
-    return TeacherData(str(path), None, len(pairs), len(answers) - len(pairs))
+    return TeacherData(str(path), None, len(pairs), len(answers) - len(pairs), model=_for_logits(cfg, teacher))
 
 
 def _report_kept(cfg: RunConfig, kept: int, total: int, cache: GenerationCache) -> None:

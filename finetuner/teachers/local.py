@@ -30,6 +30,11 @@ class LocalTeacher:
             self._model = models.load_teacher(self.cfg.teacher, precision)
         return self._model, self._tokenizer
 
+    @property
+    def loaded_model(self):
+        """The weights, if generation loaded them (a complete cache never does)."""
+        return self._model
+
     def generate(self, requests: list[Request], on_reply: Callable[[Request, Reply], None],
                  stop: Callable[[], bool]) -> None:
         import torch

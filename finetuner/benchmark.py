@@ -289,8 +289,8 @@ def evaluate(label: str, model, tokenizer, heldout: list[dict], max_new_tokens: 
 
     prompts = [row.get("messages") or row["prompt"] for row in heldout]
     references = [row["reference"] for row in heldout]
-    # A model's first generate call pays one-off setup (up to seconds on CPU); keep it out of
-    # tokens/s so the first model benchmarked is not made to look slower.
+    # A model's first generate call pays one-off setup (up to seconds on CPU, and memory that stays
+    # allocated); keep it out of the peak memory measured below. Tokens/s come after the answers.
     generate(model, tokenizer, prompts[:1], max_new_tokens=2)
     with _PeakMemory(model.device) as memory:
         answers, _ = generate(model, tokenizer, prompts, max_new_tokens, batch_size=batch_size)

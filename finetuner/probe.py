@@ -54,13 +54,14 @@ def measure(cfg: RunConfig, data, tokenizer) -> Measured:
     step = _distillation_step(cfg, student, teacher) if teacher is not None else _plain_step(student)
     warm = {key: value[:2, :WARM_UP_TOKENS] for key, value in batch.items()}
     step(warm)
-    seconds = []
-    for _ in range(TIMED_BATCHES):
+
+    def timed() -> float:
         student.zero_grad(set_to_none=True)
         clock = time.perf_counter()
         step(batch)
-        seconds.append(time.perf_counter() - clock)
-    seconds = min(seconds)
+        return time.perf_counter() - clock
+
+    seconds = min(timed() for _ in range(TIMED_BATCHES))
 
     from finetuner.plan import training_flops
 

@@ -20,14 +20,26 @@ STEPS = 3
 PER_RANK_BATCH = 4
 
 
-def distill_answers(tmp_path: Path, name: str, teacher: Path, student: Path, data: Path, batch: int) -> Path:
+def distill_answers(tmp_path: Path, name: str, teacher: Path, student: Path, data: Path, batch: int,
+                    **settings) -> Path:
     answers = dict(approach="distillation", teacher=str(teacher), student=str(student), student_layers=None,
                    dataset=str(data), output_dir=str(tmp_path / name), max_samples=40, max_length=64, epochs=1,
                    max_steps=STEPS, batch_size=batch, gradient_accumulation=1, learning_rate=3e-3,
                    save_steps=2, benchmark=False, upload=False, seed=0)
     path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(answers))
+    path.write_text(yaml.safe_dump({**answers, **settings}))
     return path
+
+
+def torchrun(answers: Path, trace_dir: Path) -> subprocess.CompletedProcess:
+    """The CLI on two CPU processes under torchrun, as a user launches it; each rank traces its steps."""
+    env = {**os.environ, "FINETUNER_TRACE_DIR": str(trace_dir), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "finetune_cli.py", "--answers", str(answers), "--defaults", "--yes"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return run
 
 
 def read_trace(directory: Path, rank: int) -> list[dict]:
@@ -49,13 +61,8 @@ def weights(directory: Path, rank: int, step: int) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_torchrun_two_processes_distill_like_one(tmp_path, tiny_llama, tiny_llama_small, qa_file, monkeypatch):
-    env = {**os.environ, "FINETUNER_TRACE_DIR": str(tmp_path / "trace2"), "OMP_NUM_THREADS": "1",
-           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     two = distill_answers(tmp_path, "two", tiny_llama, tiny_llama_small, qa_file, PER_RANK_BATCH)
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "finetune_cli.py", "--answers", str(two), "--defaults", "--yes"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    run = torchrun(two, tmp_path / "trace2")
 
     # The same global batch on one process.
     monkeypatch.setenv("FINETUNER_TRACE_DIR", str(tmp_path / "trace1"))
@@ -133,12 +140,7 @@ def test_torchrun_responses_mode_asks_the_teacher_once(tmp_path, tiny_gpt2, tiny
                    generation_drop_incomplete=False, generation_temperature=1.0, benchmark=False, upload=False)
     path = tmp_path / "answers.yaml"
     path.write_text(yaml.safe_dump(answers))
-    env = {**os.environ, "FINETUNER_TRACE_DIR": str(tmp_path / "trace"), "OMP_NUM_THREADS": "1",
-           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "finetune_cli.py", "--answers", str(path), "--defaults", "--yes"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    run = torchrun(path, tmp_path / "trace")
     from finetuner.teachers.cache import CACHE_FILE
 
     requests = [json.loads(line) for line in (tmp_path / "out" / CACHE_FILE).read_text().splitlines()]
@@ -157,23 +159,14 @@ def test_torchrun_trains_the_sft_baseline_on_every_rank_then_benchmarks_once(tmp
                                                                              qa_file):
     """The baseline is trained like the student, by both ranks in step; then the ranks part and the main
     process benchmarks alone (before, rank 1 left after the student and rank 0's baseline lost its peer)."""
-    answers = yaml.safe_load(distill_answers(tmp_path, "out", tiny_llama, tiny_llama_small, qa_file, 2).read_text())
-    answers.update(max_steps=2, sft_baseline=True, benchmark=True, benchmark_samples=2, max_new_tokens=4)
-    path = tmp_path / "baseline.yaml"
-    path.write_text(yaml.safe_dump(answers))
-    env = {**os.environ, "FINETUNER_TRACE_DIR": str(tmp_path / "trace"), "OMP_NUM_THREADS": "1",
-           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "finetune_cli.py", "--answers", str(path), "--defaults", "--yes"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     from finetuner import artifacts
+    from finetuner.benchmark import REPORT_FILE
 
+    torchrun(distill_answers(tmp_path, "out", tiny_llama, tiny_llama_small, qa_file, 2, max_steps=2, sft_baseline=True,
+                             benchmark=True, benchmark_samples=2, max_new_tokens=4), tmp_path / "trace")
     assert (tmp_path / "out" / artifacts.SFT_BASELINE_DIR / "model" / "model.safetensors").is_file()
     ranks = [read_trace(tmp_path / "trace", r) for r in (0, 1)]
     assert [len(r) for r in ranks] == [4, 4]  # the student's 2 steps, then the baseline's 2, on each rank
     assert all(a["weights_sha1"] == b["weights_sha1"] for a, b in zip(*ranks))
-    from finetuner.benchmark import REPORT_FILE
-
     report = json.loads((tmp_path / "out" / REPORT_FILE).read_text())
     assert report["sft_baseline"] in [m["label"] for m in report["models"]]

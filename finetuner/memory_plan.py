@@ -1,11 +1,13 @@
 """How much memory a run needs, from model configs alone, before any weights load.
 
 Per process, in bytes:
-- teacher weights at its precision (bf16/fp16, or 8/4-bit when teacher_quantization says so);
+- teacher weights at its precision (fp16 on a GPU; bf16 on a CPU that multiplies faster in it,
+  else fp32; or 8/4-bit when teacher_quantization says so);
 - student weights (fp32 master weights; a QLoRA base at 8/4 bits), gradients (4 bytes a trainable
   parameter) and AdamW's two moments (8 bytes a trainable parameter);
 - activations kept for backward: per token and layer about 34 x hidden + 8 x intermediate bytes
-  under bf16/fp16 autocast (Korthikanti et al. 2022, with fused attention: no length^2 term);
+  under bf16/fp16 autocast (Korthikanti et al. 2022, with fused attention: no length^2 term),
+  twice that where a CPU trains in fp32;
   with gradient checkpointing, only each layer's fp32 input plus one layer recomputed;
   LoRA adds about 10 bytes per adapted input feature and token (peft's fp32 input copy and dropout);
 - the loss: DistillationTrainer's chunk buffers (about 6 x chunk x vocab x 4 bytes), or for plain
@@ -65,6 +67,19 @@ def shape_of(config) -> Shape:
                  intermediate=intermediate, vocab=head.weight.shape[0])
 
 
+def half_precision(device: str) -> bool:
+    """Whether models compute in 16 bits: always on a GPU; on a CPU, where it is the faster (models.py)."""
+    if device == "cuda":
+        return True
+    from finetuner import models
+
+    return models.cpu_uses_bf16()
+
+
+def teacher_precision(device: str) -> str:
+    return "fp16" if device == "cuda" else "bf16" if half_precision(device) else "fp32"
+
+
 @dataclass(frozen=True)
 class Estimate:
     """Bytes per process, by what holds them."""
@@ -103,7 +118,7 @@ def estimate(cfg: RunConfig, student: Shape, teacher: Shape | None = None, devic
     if cfg.gradient_checkpointing:  # each layer's fp32 input, and one layer's activations while recomputing it
         activations = tokens * (student.layers * 4 * student.hidden + per_layer)
     else:
-        activations = tokens * student.layers * per_layer
+        activations = tokens * student.layers * per_layer * (1 if half_precision(device) else 2)
     activations += tokens * student.hidden * 4 * 3  # embeddings, final norm, the hidden states the loss reads
     if cfg.uses_lora:  # peft keeps each adapted layer's input again: fp32 copy, dropout output and mask
         kept_layers = 1 if cfg.gradient_checkpointing else student.layers
@@ -112,7 +127,7 @@ def estimate(cfg: RunConfig, student: Shape, teacher: Shape | None = None, devic
 
     teacher_bytes = 0
     if distill and teacher is not None:
-        precision = cfg.teacher_quantization or ("bf16" if device == "cpu" else "fp16")
+        precision = cfg.teacher_quantization or teacher_precision(device)
         teacher_bytes = teacher.params * WEIGHT_BYTES[precision]
         # Its forward keeps nothing for backward: one layer's working set and its final hidden states.
         activations += tokens * (4 * teacher.hidden + 3 * teacher.intermediate) * 2 + tokens * teacher.hidden * 2
@@ -168,7 +183,7 @@ def rows_for(cfg: RunConfig, student: Shape, teacher: Shape | None, device: str,
     where = "GPU" if device == "cuda" else "CPU RAM"
     rows = []
     if teacher is not None:
-        precision = cfg.teacher_quantization or ("bf16" if device == "cpu" else "fp16")
+        precision = cfg.teacher_quantization or teacher_precision(device)
         rows.append(("memory: teacher weights", f"{gb(need.teacher)} ({precision})"))
     what = "adapter + frozen base" if cfg.uses_lora else "fp32"
     rows += [("memory: student weights" if teacher is not None else "memory: model weights",

@@ -71,9 +71,11 @@ def steps(cfg: RunConfig, train_rows: int) -> int:
 def device_name() -> str:
     import torch
 
+    from finetuner import models
+
     if torch.cuda.is_available():
         return f"GPU: {torch.cuda.get_device_name(0)}"
-    return f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    return f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads), {models.cpu_precision_reason()}"
 
 
 def _trained_model(cfg: RunConfig) -> str:

@@ -29,13 +29,16 @@ def distill(**settings) -> RunConfig:
                         "batch_size": 8, "max_length": 512, **settings})
 
 
-def test_each_choice_lowers_what_it_should():
+def test_each_choice_lowers_what_it_should(monkeypatch):
+    from finetuner import models
+
+    monkeypatch.setenv(models.CPU_DTYPE_ENV, "bf16")  # a CPU with fast bf16: the teacher in 2 bytes, as on a GPU
     teacher, student = llama_shape(layers=12), llama_shape(layers=6)
     base = estimate(distill(), student, teacher)
     assert student.params == pytest.approx(6 * (2 * 256 * 256 + 2 * 256 * 128 + 3 * 256 * 1024 + 2 * 256)
                                            + 400 * 256 + 256)  # exact Llama count, tied head once
     assert base.student == 4 * student.params and base.training_state == 12 * student.params
-    assert base.teacher == 2 * teacher.params  # bf16 on CPU
+    assert base.teacher == 2 * teacher.params
     ckpt = estimate(distill(gradient_checkpointing=True), student, teacher)
     assert ckpt.activations < base.activations / 3 and ckpt.student == base.student
     lora = estimate(distill(student_training="lora"), student, teacher)
@@ -119,3 +122,17 @@ def test_estimate_within_25_percent_of_the_measured_peak(tmp_path, mid_llama, lo
                    gradient_accumulation=1, save_steps=1000, **settings)
     peak, guess = measured_peak(answers, tmp_path), estimated(answers)
     assert abs(guess / peak - 1) <= 0.25, (guess / 1e9, peak / 1e9)
+
+
+def test_the_memory_plan_counts_the_teacher_at_the_precision_it_will_run_in(monkeypatch):
+    # A CPU trains in bf16 only where it multiplies faster in it (models.precision_policy); in fp32
+    # the teacher's weights and the student's activations take twice the bytes.
+    from finetuner import models
+
+    student, teacher = llama_shape(layers=3), llama_shape()
+    monkeypatch.setenv(models.CPU_DTYPE_ENV, "bf16")
+    half = estimate(distill(), student, teacher, "cpu")
+    monkeypatch.setenv(models.CPU_DTYPE_ENV, "fp32")
+    full = estimate(distill(), student, teacher, "cpu")
+    assert full.teacher == 2 * half.teacher and full.activations > 1.5 * half.activations
+    assert dict(rows_for(distill(), student, teacher, "cpu", 10**12))["memory: teacher weights"].endswith("(fp32)")

@@ -155,9 +155,17 @@ def test_student_plan_checks_ranges_and_sizes(tiny_llama, tiny_llama_small):
 # ---- precision ------------------------------------------------------------------------------
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU policy")
-def test_cpu_precision_is_bf16_never_fp16():
+def test_cpu_precision_is_the_faster_of_bf16_and_fp32_never_fp16(monkeypatch):
+    monkeypatch.delenv(models.CPU_DTYPE_ENV, raising=False)
     policy = models.precision_policy()
-    assert (policy.device, policy.teacher_dtype, policy.bf16, policy.fp16) == ("cpu", torch.bfloat16, True, False)
+    if models.cpu_bf16_speedup() > 1:
+        assert (policy.device, policy.teacher_dtype, policy.bf16, policy.fp16) == ("cpu", torch.bfloat16, True, False)
+    else:
+        assert (policy.device, policy.teacher_dtype, policy.bf16, policy.fp16) == ("cpu", torch.float32, False, False)
+    monkeypatch.setenv(models.CPU_DTYPE_ENV, "bf16")
+    assert models.precision_policy() == models.Precision("cpu", torch.bfloat16, bf16=True, fp16=False)
+    monkeypatch.setenv(models.CPU_DTYPE_ENV, "fp32")
+    assert models.precision_policy() == models.Precision("cpu", torch.float32, bf16=False, fp16=False)
 
 
 def test_teacher_is_half_precision_frozen_and_in_eval_mode(tiny_llama):

@@ -1,7 +1,8 @@
 """A teacher whose weights are here: it writes responses in batches with transformers' generate.
 
 Batched, left-padded generation (a decoder continues from the right end of each row), in the
-precision policy's half precision (fp16 or bf16 on CUDA, bf16 on CPU, never fp16 on CPU).
+precision policy's dtype (fp16 or bf16 on CUDA; on CPU bf16 or fp32, whichever this CPU multiplies
+faster, never fp16).
 Prompts are sorted by length so a batch wastes little on padding.
 """
 

@@ -1,7 +1,8 @@
 """Experiment tracking through the Trainer's own integrations (`report_to`).
 
 All three work offline: TensorBoard writes event files into OUT/tensorboard, Trackio keeps its
-runs in a local database, and W&B runs offline (`wandb sync` uploads later) unless you are logged in.
+runs in a local database (TRACKIO_DIR, by default ~/.cache/huggingface/trackio; a Space only with
+TRACKIO_SPACE_ID), and W&B writes OUT/wandb, offline (`wandb sync` uploads later) unless you are logged in.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ def report_to(name: str, out_dir: Path) -> list[str]:
     if name == "tensorboard":
         # The callback reads this when the Trainer is built: one folder per run, beside its model.
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(out_dir) / TENSORBOARD_DIR)
-    elif name == "wandb" and not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
-        os.environ["WANDB_MODE"] = "offline"  # never stop at a login prompt
+    elif name == "wandb":
+        if not os.environ.get("WANDB_DIR"):
+            os.environ["WANDB_DIR"] = str(out_dir)  # OUT/wandb/offline-run-*, not ./wandb wherever we were started
+        if not os.environ.get("WANDB_PROJECT"):
+            os.environ["WANDB_PROJECT"] = PROJECT  # the Trainer's W&B callback reads this, not `project`
+        if not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
+            os.environ["WANDB_MODE"] = "offline"  # never stop at a login prompt
     return [name]

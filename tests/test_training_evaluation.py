@@ -27,26 +27,26 @@ def _eval_losses(out) -> list[tuple[int, float]]:
 def test_eval_steps_keeps_the_best_checkpoint_when_the_last_is_worse(tmp_path, tiny_llama, qa_file):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    # 8 training rows, 20 epochs at a high learning rate: the student overfits, and its
-    # held-out loss, lowest at step 16, is higher again at step 20.
+    # 8 training rows, 32 epochs at a high learning rate: the student overfits, and its held-out
+    # loss ends well above its lowest (by about 1 nat in bf16 and in fp32, whichever the CPU runs).
     out = tmp_path / "out"
     cfg = RunConfig(approach="distillation", teacher=str(tiny_llama), student=str(tiny_llama), student_layers=2,
                     alpha=1.0, output_dir=str(out), dataset=str(qa_file), max_samples=12, eval_fraction=0.34,
-                    max_length=64, batch_size=8, gradient_accumulation=1, learning_rate=0.03, max_steps=20,
+                    max_length=64, batch_size=8, gradient_accumulation=1, learning_rate=0.03, max_steps=32,
                     eval_steps=4, benchmark=False)
     LLMFineTuner(cfg).train_distillation()
 
     losses = _eval_losses(out)
-    assert [step for step, _ in losses] == [4, 8, 12, 16, 20]
+    assert [step for step, _ in losses] == list(range(4, 33, 4))
     best_step, best = min(losses, key=lambda sl: sl[1])
     last_step, last = losses[-1]
     assert best_step != last_step and last > best  # the run this test is about
     # The saved model is the best checkpoint's: its held-out loss, measured afresh, is the best one.
     model = AutoModelForCausalLM.from_pretrained(out / "model")
     tokenizer = AutoTokenizer.from_pretrained(out / "model")
-    # (training evaluated under bf16 autocast, this in fp32: they agree to about 1e-3)
+    # (training may have evaluated under bf16 autocast, this runs in fp32: they agree to about 3e-3)
     measured = math.log(perplexity(model, tokenizer, artifacts.read_heldout(out), cfg.max_length))
-    assert abs(measured - best) < 2e-3 < abs(measured - last)
+    assert abs(measured - best) < 1e-2 < abs(measured - last)
 
 
 def _distill_reporting_to(report_to: str, out, tiny_llama, qa_file) -> list[dict]:
@@ -125,7 +125,9 @@ def test_report_to_wandb_writes_an_offline_run_beside_the_model(tmp_path, tiny_l
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
     out = tmp_path / "out"
     history = _distill_reporting_to("wandb", out, tiny_llama, qa_file)
-    wandb.finish()  # the Trainer's callback leaves the run open until the process exits
+    # finetuner ends the run when training ends (the Trainer's callback would leave it open until the
+    # process exits), so an sft_baseline trained next gets a run of its own.
+    assert wandb.run is None
 
     [run_dir] = (out / "wandb").glob("offline-run-*")  # (an online run's folder is run-*)
     # W&B's own reader of the run's .wandb log: one JSON record per line.

@@ -43,3 +43,12 @@ def report_to(name: str, out_dir: Path) -> list[str]:
         if not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
             os.environ["WANDB_MODE"] = "offline"  # never stop at a login prompt
     return [name]
+
+
+def finish(name: str) -> None:
+    """End this training's tracker run. The Trainer's W&B callback leaves its run open until the
+    process exits, so an `sft_baseline` trained next would log into the student's run."""
+    if name == "wandb":
+        import wandb
+
+        wandb.finish()

@@ -531,6 +531,8 @@ class LLMFineTuner:
                 if not is_out_of_memory(exc):
                     raise
                 raise out_of_memory_error("while training") from None
+            finally:
+                tracking.finish(self.cfg.report_to)
         seconds = time.perf_counter() - started
         history = trainer.state.log_history
         sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled

@@ -5,6 +5,8 @@
     python benchmarks/distill_speed.py --quick   # under 3 minutes on 2 cores
     python benchmarks/distill_speed.py           # the full run, ~12 minutes on 2 idle cores
     python benchmarks/distill_speed.py --quick --objectives   # each objective's s/step vs forward KL
+    python benchmarks/distill_speed.py --contenders finetuner_bf16,finetuner_fp32 --startup-runs 0
+                                                 # this CPU's bf16 against fp32 (finetuner picks the faster)
 
 Every contender trains the same 15-layer student derived from the built-in SmolLM2-135M-Instruct
 (the teacher, for the distillation contenders) on the same GSM8K rows, prepared by
@@ -39,7 +41,12 @@ CONTENDERS = {
     "finetuner": "finetuner DistillationTrainer",
     "naive": "2.1.0 naive (fp32, pad to max, full KL)",
     "trl": "TRL GKDTrainer (lmbda 0, beta 0, bf16)",
+    # Not run by default: finetuner with its CPU precision forced (FINETUNER_CPU_DTYPE), to time
+    # the choice models.precision_policy makes by measurement.
+    "finetuner_bf16": "finetuner, forced bf16 (teacher bf16, student bf16 autocast)",
+    "finetuner_fp32": "finetuner, forced fp32 (teacher and student fp32)",
 }
+FORCED_DTYPE = {"finetuner_bf16": "bf16", "finetuner_fp32": "fp32"}
 # --objectives: finetuner's objectives (DISTILLATION_UPDATE.md) in ONE trainer, switched every step in
 # turn, so each sees the same machine (a 2-core machine shared with other jobs drifts by minutes).
 OBJECTIVES = {
@@ -69,7 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, help="steps run first and not measured (at least 1)")
     p.add_argument("--repeats", type=int, help="runs of every contender, in alternating order; steps are pooled")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads")
-    p.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated: " + ",".join(CONTENDERS))
+    p.add_argument("--contenders", default="plain,finetuner,naive,trl", help="comma-separated: " + ",".join(CONTENDERS))
     p.add_argument("--startup-runs", type=int, help="wizard start-up measurements (0 to skip)")
     p.add_argument("--output", type=Path, help="results JSON (default benchmarks/results/distill_speed-DATE.json)")
     p.add_argument("--objectives", action="store_true",
@@ -120,7 +127,7 @@ def build_trainer(name: str, cfg):
             self.trainer = trainer
 
     ft = Built(cfg)
-    if name == "finetuner":
+    if name in ("finetuner", *FORCED_DTYPE):
         ft.train_distillation()
         return ft.trainer
     tokenizer = models.load_tokenizer(cfg.student)
@@ -399,8 +406,13 @@ def run_child(what: str, args: argparse.Namespace) -> dict:
                    "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
                    "--samples", str(args.samples), "--steps", str(args.steps), "--warmup", str(args.warmup),
                    "--threads", str(args.threads)]
+        env = {**os.environ}
+        if what in FORCED_DTYPE:
+            from finetuner.models import CPU_DTYPE_ENV
+
+            env[CPU_DTYPE_ENV] = FORCED_DTYPE[what]
         started = time.perf_counter()
-        proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-6000:])
             raise SystemExit(f"{what} failed (exit {proc.returncode})")
@@ -443,6 +455,15 @@ def report(results: dict, machine: dict, startup: list[float]) -> dict:
             ratios[label] = {"value": value, "target": target, "kind": kind, "met": met}
             console.print(f"finetuner {label}: {value:.2f}x (target {'≥' if kind == 'min' else '≤'}{target}x) "
                           f"{'[green]met[/]' if met else '[red]missed[/]'}")
+    if all(name in results for name in FORCED_DTYPE):
+        value = results["finetuner_fp32"]["tokens_per_s"] / results["finetuner_bf16"]["tokens_per_s"]
+        ratios["fp32 tokens/s vs bf16"] = {"value": value, "target": None, "kind": "info", "met": None}
+        from finetuner import models
+
+        chosen = "bf16" if models.cpu_uses_bf16() else "fp32"
+        ratios["fp32 tokens/s vs bf16"]["chosen"] = chosen
+        console.print(f"finetuner in fp32: {value:.2f}x the tokens/s of bf16 on this CPU; left to itself, "
+                      f"finetuner runs {chosen} here ({models.cpu_precision_reason()})")
     if startup:
         median = statistics.median(startup)
         ratios["wizard start-up s"] = {"value": median, "target": STARTUP_TARGET_S, "kind": "max",

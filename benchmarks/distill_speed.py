@@ -463,7 +463,7 @@ def report(results: dict, machine: dict, startup: list[float]) -> dict:
         chosen = "bf16" if models.cpu_uses_bf16() else "fp32"
         ratios["fp32 tokens/s vs bf16"]["chosen"] = chosen
         console.print(f"finetuner in fp32: {value:.2f}x the tokens/s of bf16 on this CPU; left to itself, "
-                      f"finetuner runs {chosen} here ({models.cpu_precision_reason()})")
+                      f"finetuner runs {models.cpu_precision_reason()}")
     if startup:
         median = statistics.median(startup)
         ratios["wizard start-up s"] = {"value": median, "target": STARTUP_TARGET_S, "kind": "max",

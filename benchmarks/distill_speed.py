@@ -456,12 +456,11 @@ def report(results: dict, machine: dict, startup: list[float]) -> dict:
             console.print(f"finetuner {label}: {value:.2f}x (target {'≥' if kind == 'min' else '≤'}{target}x) "
                           f"{'[green]met[/]' if met else '[red]missed[/]'}")
     if all(name in results for name in FORCED_DTYPE):
-        value = results["finetuner_fp32"]["tokens_per_s"] / results["finetuner_bf16"]["tokens_per_s"]
-        ratios["fp32 tokens/s vs bf16"] = {"value": value, "target": None, "kind": "info", "met": None}
         from finetuner import models
 
-        chosen = "bf16" if models.cpu_uses_bf16() else "fp32"
-        ratios["fp32 tokens/s vs bf16"]["chosen"] = chosen
+        value = results["finetuner_fp32"]["tokens_per_s"] / results["finetuner_bf16"]["tokens_per_s"]
+        ratios["fp32 tokens/s vs bf16"] = {"value": value, "target": None, "kind": "info", "met": None,
+                                           "chosen": "bf16" if models.cpu_uses_bf16() else "fp32"}
         console.print(f"finetuner in fp32: {value:.2f}x the tokens/s of bf16 on this CPU; left to itself, "
                       f"finetuner runs {models.cpu_precision_reason()}")
     if startup:

@@ -67,17 +67,14 @@ def shape_of(config) -> Shape:
                  intermediate=intermediate, vocab=head.weight.shape[0])
 
 
-def half_precision(device: str) -> bool:
-    """Whether models compute in 16 bits: always on a GPU; on a CPU, where it is the faster (models.py)."""
+def compute_precision(device: str) -> str:
+    """What the models compute in: 16 bits on a GPU (fp16 or bf16, the same bytes); on a CPU, bf16
+    where it multiplies faster than fp32, else fp32 (models.precision_policy)."""
     if device == "cuda":
-        return True
+        return "fp16"
     from finetuner import models
 
-    return models.cpu_uses_bf16()
-
-
-def teacher_precision(device: str) -> str:
-    return "fp16" if device == "cuda" else "bf16" if half_precision(device) else "fp32"
+    return "bf16" if models.cpu_uses_bf16() else "fp32"
 
 
 @dataclass(frozen=True)
@@ -118,7 +115,7 @@ def estimate(cfg: RunConfig, student: Shape, teacher: Shape | None = None, devic
     if cfg.gradient_checkpointing:  # each layer's fp32 input, and one layer's activations while recomputing it
         activations = tokens * (student.layers * 4 * student.hidden + per_layer)
     else:
-        activations = tokens * student.layers * per_layer * (1 if half_precision(device) else 2)
+        activations = tokens * student.layers * per_layer * (2 if compute_precision(device) == "fp32" else 1)
     activations += tokens * student.hidden * 4 * 3  # embeddings, final norm, the hidden states the loss reads
     if cfg.uses_lora:  # peft keeps each adapted layer's input again: fp32 copy, dropout output and mask
         kept_layers = 1 if cfg.gradient_checkpointing else student.layers
@@ -127,7 +124,7 @@ def estimate(cfg: RunConfig, student: Shape, teacher: Shape | None = None, devic
 
     teacher_bytes = 0
     if distill and teacher is not None:
-        precision = cfg.teacher_quantization or teacher_precision(device)
+        precision = cfg.teacher_quantization or compute_precision(device)
         teacher_bytes = teacher.params * WEIGHT_BYTES[precision]
         # Its forward keeps nothing for backward: one layer's working set and its final hidden states.
         activations += tokens * (4 * teacher.hidden + 3 * teacher.intermediate) * 2 + tokens * teacher.hidden * 2
@@ -183,7 +180,7 @@ def rows_for(cfg: RunConfig, student: Shape, teacher: Shape | None, device: str,
     where = "GPU" if device == "cuda" else "CPU RAM"
     rows = []
     if teacher is not None:
-        precision = cfg.teacher_quantization or teacher_precision(device)
+        precision = cfg.teacher_quantization or compute_precision(device)
         rows.append(("memory: teacher weights", f"{gb(need.teacher)} ({precision})"))
     what = "adapter + frozen base" if cfg.uses_lora else "fp32"
     rows += [("memory: student weights" if teacher is not None else "memory: model weights",

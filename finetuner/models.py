@@ -308,14 +308,6 @@ class Precision:
     bf16: bool  # Trainer mixed precision (student keeps fp32 master weights)
     fp16: bool
 
-    @property
-    def half(self) -> bool:
-        return self.bf16 or self.fp16
-
-    @property
-    def teacher_name(self) -> str:
-        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.teacher_dtype, "fp32")
-
 
 # FINETUNER_CPU_DTYPE=bf16|fp32 overrides the measurement (both ranks of a run should agree).
 CPU_DTYPE_ENV = "FINETUNER_CPU_DTYPE"
@@ -343,17 +335,20 @@ def cpu_bf16_speedup() -> float:
     return best[torch.float32] / best[torch.bfloat16]
 
 
-def cpu_uses_bf16() -> bool:
+def _forced_cpu_dtype() -> str | None:
     forced = os.environ.get(CPU_DTYPE_ENV, "").strip().lower()
-    if forced in ("bf16", "fp32"):
-        return forced == "bf16"
-    return cpu_bf16_speedup() > 1.0
+    return forced if forced in ("bf16", "fp32") else None
+
+
+def cpu_uses_bf16() -> bool:
+    forced = _forced_cpu_dtype()
+    return forced == "bf16" if forced else cpu_bf16_speedup() > 1.0
 
 
 def cpu_precision_reason() -> str:
     """The plan's line on how this CPU computes, and why."""
     dtype = "bf16 autocast, teacher in bf16" if cpu_uses_bf16() else "fp32"
-    if os.environ.get(CPU_DTYPE_ENV, "").strip().lower() in ("bf16", "fp32"):
+    if _forced_cpu_dtype():
         return f"{dtype} ({CPU_DTYPE_ENV} says so)"
     return f"{dtype} (bf16 multiplies {cpu_bf16_speedup():.2f}x as fast as fp32 here)"
 

@@ -262,15 +262,12 @@ def run(args: argparse.Namespace) -> int:
                    f"train with:  {resume_command(cfg.output_dir)}")
         return 0
 
-    from finetuner.trainer import LLMFineTuner
+    from finetuner import noise, training
 
-    from finetuner import noise
-
-    tuner = LLMFineTuner(cfg, teacher_data, prepared=checked.data)
     if args.cache_teacher:
-        return cache_teacher_stage(tuner, answers_path)
+        return cache_teacher_stage(cfg, checked, teacher_data, answers_path)
     with noise.routed_to_log(cfg.output_dir, args.verbose):
-        result = tuner.train_distillation(resume=args.resume) if cfg.is_distillation else tuner.train(resume=args.resume)
+        result = training.train(cfg, checked.recipe, prepared=checked.data, written=teacher_data, resume=args.resume)
     if result.interrupted:
         distributed.finish()
         ui.warning(f"Interrupted; checkpoint saved. Resume with:  {resume_command(cfg.output_dir)}")
@@ -311,9 +308,11 @@ def sft_baseline_stage(cfg: RunConfig) -> int:
     return 0
 
 
-def cache_teacher_stage(tuner, answers_path: Path) -> int:
+def cache_teacher_stage(cfg: RunConfig, checked, written, answers_path: Path) -> int:
     """--cache-teacher: fill the cache and stop; the same answers file trains from it later."""
-    cache = tuner.build_teacher_cache()
+    from finetuner import training
+
+    cache = training.build_teacher_cache(cfg, checked.recipe, prepared=checked.data, written=written)
     distributed.finish()
     if not distributed.is_main_process():
         return 0

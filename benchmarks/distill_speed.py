@@ -116,28 +116,26 @@ def build_trainer(name: str, cfg):
     """The contender's Trainer, built as finetuner builds its own wherever finetuner has one."""
     from transformers import Trainer
 
-    from finetuner import models
+    from pathlib import Path
+
+    from finetuner import models, training
     from finetuner.data import make_collator
-    from finetuner.trainer import LLMFineTuner
+    from finetuner.recipe import Recipe
+    from finetuner.training import arguments, student as students
 
-    class Built(LLMFineTuner):
-        """LLMFineTuner exactly, except that it hands over the trainer it built instead of running it."""
-
-        def _run(self, trainer, *_, **__):
-            self.trainer = trainer
-
-    ft = Built(cfg)
+    recipe = Recipe.of(cfg)
     if name in ("finetuner", *FORCED_DTYPE):
-        ft.train_distillation()
-        return ft.trainer
+        trainer, *_ = training.build(cfg, recipe)  # exactly what finetuner trains with, not run
+        return trainer
     tokenizer = models.load_tokenizer(cfg.student)
-    data = ft._prepare_data(tokenizer)
-    student = ft._load_student(data, tokenizer)
+    data = training.prepare_data(cfg, tokenizer)
+    student = students.build(recipe, data.train, make_collator(tokenizer), Path(cfg.output_dir))
+    args = arguments.training_arguments(cfg, Path(cfg.output_dir))
     if name == "plain":
-        return Trainer(model=student, args=ft._training_args(), train_dataset=data.train,
+        return Trainer(model=student, args=args, train_dataset=data.train,
                        data_collator=make_collator(tokenizer), processing_class=tokenizer)
     if name == "naive":
-        return naive_trainer(ft, cfg, student, tokenizer, data)
+        return naive_trainer(args, cfg, student, tokenizer, data)
     if name == "trl":
         return trl_trainer(cfg, student, tokenizer, data)
     raise SystemExit(f"unknown contender {name}")
@@ -214,7 +212,8 @@ def measure_objectives(cfg, args: argparse.Namespace) -> dict:
 
         def on_step_begin(self, args_, state, control, **kwargs):
             settings = OBJECTIVES[schedule[min(state.global_step, len(schedule) - 1)]]
-            trainer.divergence, trainer.beta = settings.get("divergence", "forward_kl"), settings.get("beta", 0.5)
+            trainer.teacher.divergence = settings.get("divergence", "forward_kl")
+            trainer.teacher.beta = settings.get("beta", 0.5)
             trainer.on_policy = on_policy if settings.get("on_policy") else None
             trainer.hidden = hidden if settings.get("hidden") else None
 
@@ -275,7 +274,7 @@ def summarize(runs: list[dict], busy: float = 0.10) -> dict:
             "peak_rss_gb": max(r["peak_rss_gb"] for r in runs), "runs": runs}
 
 
-def naive_trainer(ft, cfg, student, tokenizer, data):
+def naive_trainer(training_args, cfg, student, tokenizer, data):
     """The 2.1.0 recipe as first written: fp32 teacher and student, every row padded to max_length,
     full [B, L, V] logits for both, KLDivLoss(batchmean) over all positions plus the model's CE."""
     import dataclasses
@@ -306,7 +305,7 @@ def naive_trainer(ft, cfg, student, tokenizer, data):
     teacher = models.load_model(cfg.teacher, dtype=torch.float32, for_training=False)
     collator = DataCollatorForSeq2Seq(tokenizer, padding="max_length", max_length=cfg.max_length,
                                       label_pad_token_id=-100)
-    args = dataclasses.replace(ft._training_args(), bf16=False)
+    args = dataclasses.replace(training_args, bf16=False)
     return NaiveKDTrainer(model=student, args=args, train_dataset=data.train, data_collator=collator,
                           processing_class=tokenizer, teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha)
 

@@ -42,9 +42,10 @@ def measured_peak(answers: dict, workdir: Path) -> int:
 def estimated(answers: dict) -> int:
     from finetuner.config import RunConfig
     from finetuner.memory_plan import estimate, shapes
+    from finetuner.recipe import Recipe
 
     cfg = RunConfig(**{**answers, "output_dir": "unused"})
-    student, teacher = shapes(cfg)
+    student, teacher = shapes(Recipe.of(cfg))
     return estimate(cfg, student, teacher, "cpu").total
 
 

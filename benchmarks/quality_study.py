@@ -16,7 +16,7 @@
    is measured in one phase at the end, all models side by side in alternating rounds: batch 1,
    a fixed number of new tokens (no early stop), median tokens/s.
 
-Everything goes through finetuner itself (RunConfig -> LLMFineTuner -> finetuner.benchmark), so
+Everything goes through finetuner itself (RunConfig -> finetuner.training.train -> finetuner.benchmark), so
 the study measures the product. Trained models are cached in the work directory
 (runs/quality-study-MODE): a rerun skips finished training unless --fresh. `--tag` with
 `--alphas/--temperature/--student-lr/--student-steps` trains variants beside the main students.
@@ -51,7 +51,8 @@ from finetuner.wizard import parse_overrides  # noqa: E402
 from finetuner.data import encode_prompt, load_rows  # noqa: E402
 from finetuner.formatting import render_prompt  # noqa: E402
 from finetuner.teachers.cache import CACHE_FILE as GENERATION_CACHE  # noqa: E402
-from finetuner.trainer import LLMFineTuner  # noqa: E402
+from finetuner.recipe import Recipe  # noqa: E402
+from finetuner import training  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SPLIT_SEED = 1234
@@ -121,8 +122,7 @@ def train(cfg: RunConfig, fresh: bool) -> Path:
         # each line by teacher, prompt and settings, so only matching lines are reused.
         out.mkdir(parents=True)
         shutil.copyfile(shared, out / GENERATION_CACHE)
-    tuner = LLMFineTuner(cfg)
-    result = tuner.train_distillation() if cfg.is_distillation else tuner.train()
+    result = training.train(cfg, Recipe.of(cfg))
     if result.interrupted:
         raise SystemExit(f"interrupted; rerun to start {out} again")
     if (out / GENERATION_CACHE).is_file():

@@ -34,7 +34,7 @@ def main(argv=None) -> None:
     from finetuner import models
     from finetuner.config import RunConfig
     from finetuner.data import make_collator, prepare
-    from finetuner.distributed import decoder_outputs
+    from finetuner.logits import decoder_outputs
     from finetuner.losses import kd_loss_from_hidden
 
     cfg = RunConfig(approach="distillation", max_samples=16, max_length=args.max_length, output_dir="unused")

@@ -67,10 +67,11 @@ def run_contender(name: str, args) -> dict:
     import torch
     from transformers import PrinterCallback, Trainer, TrainerCallback
 
-    from finetuner import models
+    from finetuner import models, training
     from finetuner.data import make_collator
-    from finetuner.teachers import topk_cache
-    from finetuner.trainer import LLMFineTuner
+    from finetuner.recipe import Recipe
+    from finetuner.teachers import topk_build
+    from finetuner.training import arguments, student as students
 
     torch.set_num_threads(args.threads)
 
@@ -78,26 +79,21 @@ def run_contender(name: str, args) -> dict:
         def on_step_end(self, args, state, control, **kwargs):
             control.should_save = False  # checkpoints are not what is measured
 
-    class Built(LLMFineTuner):
-        """LLMFineTuner exactly, except that it hands over the trainer instead of running it."""
-
-        def _run(self, trainer, *_, **__):
-            self.trainer = trainer
-
     with tempfile.TemporaryDirectory(prefix=f"teacher-cache-{name}-") as out:
         if name == "study":
             return run_study(args, out)
         cfg = config(args, out, teacher_cache=str(Path(out) / "cache") if name == "cached" else None)
-        ft = Built(cfg)
+        recipe = Recipe.of(cfg)
         result = {}
         if name == "plain":
             tokenizer = models.load_tokenizer(cfg.student)
-            data = ft._prepare_data(tokenizer)
-            student = ft._load_student(data, tokenizer)
-            trainer = Trainer(model=student, args=ft._training_args(), train_dataset=data.train,
-                              data_collator=make_collator(tokenizer), processing_class=tokenizer)
+            data = training.prepare_data(cfg, tokenizer)
+            student = students.build(recipe, data.train, make_collator(tokenizer), Path(out))
+            trainer = Trainer(model=student, args=arguments.training_arguments(cfg, Path(out)),
+                              train_dataset=data.train, data_collator=make_collator(tokenizer),
+                              processing_class=tokenizer)
         else:
-            real_ensure = topk_cache.ensure
+            real_ensure = topk_build.ensure
 
             def timed_ensure(*a, **kw):
                 started = time.perf_counter()
@@ -109,9 +105,8 @@ def run_contender(name: str, args) -> dict:
                 result["bytes_per_counted_token"] = round(result["cache_bytes"] / result["counted_tokens"], 1)
                 return cache
 
-            topk_cache.ensure = timed_ensure
-            ft.train_distillation()
-            trainer = ft.trainer
+            topk_build.ensure = timed_ensure
+            trainer, *_ = training.build(cfg, recipe)
         trainer.remove_callback(PrinterCallback)
         trainer.add_callback(NoSaves())
         started = time.perf_counter()
@@ -132,8 +127,9 @@ def run_study(args, out: str) -> dict:
     from finetuner.data import make_collator, prepare
     from finetuner.losses import kd_loss, select_targets
     from finetuner.objectives.topk import gradient_bound, teacher_buckets, teacher_topk, topk_kd_loss
-    from finetuner.teachers import topk_cache
-    from finetuner.trainer import LLMFineTuner
+    from finetuner.recipe import Recipe
+    from finetuner.teachers import topk_build, topk_cache
+    from finetuner.training import student as students
 
     cfg = config(args, out, teacher_cache=str(Path(out) / "cache"))
     tokenizer = models.load_tokenizer(cfg.teacher)
@@ -161,15 +157,14 @@ def run_study(args, out: str) -> dict:
         target = Path(out) / f"cache{attempt}"
         cfg_k = config(args, out, teacher_cache=str(target))
         started = time.perf_counter()
-        topk_cache.ensure(cfg_k, rows, tokenizer, models.check_tokenizers_match(tokenizer, tokenizer),
+        topk_build.ensure(cfg_k, rows, tokenizer, models.check_tokenizers_match(tokenizer, tokenizer),
                           lambda: teacher)
         build_s.append(time.perf_counter() - started)
     result = {"bare_forward_seconds": round(forward_s, 2), "build_seconds_teacher_loaded": round(min(build_s), 2),
               "build_throughput_share": round(forward_s / min(build_s), 3)}
 
     # The loss gap against k, on the student training starts from.
-    ft = LLMFineTuner(cfg)
-    student = ft._load_student(data, tokenizer)
+    student = students.build(Recipe.of(cfg), rows, collate, Path(out))
     student.eval()
     batch = collate([rows[i] for i in range(STUDY_ROWS)])
     with torch.inference_mode():

@@ -1,7 +1,5 @@
-"""LoRA, QLoRA and AdaLoRA: which modules to adapt, the peft configs, and two fixes.
+"""LoRA, QLoRA and AdaLoRA: which modules to adapt, the peft configs, and one fix.
 
-- `keep_bnb_trainable`: bitsandbytes 0.50 switches a 4-bit layer to a packed, autograd-free CPU
-  path after its first eval-mode forward (generate, evaluate); training then silently stalls.
 - `AdaLoraAllocator`: the Trainer never calls AdaLoRA's `update_and_allocate`, so without this
   callback the ranks never adapt.
 """
@@ -10,12 +8,11 @@ from __future__ import annotations
 
 import warnings
 
-# Imported first: it installs the log filters that must precede bitsandbytes' import (peft's).
-from finetuner import models  # noqa: F401
-
 import torch
 from peft import AdaLoraConfig, LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import TrainerCallback
+
+from finetuner.quantization import keep_bnb_trainable
 
 # Ordered target lists, keyed by a module name only that family has.
 _FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -82,23 +79,22 @@ def adalora_config(cfg, model, total_steps: int) -> AdaLoraConfig:
                          fan_in_fan_out=_uses_conv1d(model))
 
 
-def apply_adapter(cfg, model, total_steps: int | None = None):
-    """Wrap `model` in the run's adapter; only adapter weights stay trainable.
+def apply_adapter(settings, model, adapter: str = "lora", quantized: bool = False, total_steps: int | None = None):
+    """Wrap `model` in `adapter` ("lora" or "adalora"); only adapter weights stay trainable.
 
-    Fine-tuning uses cfg.method; a distillation student uses LoRA, or QLoRA (student_training).
-    For QLoRA, `model` must already be loaded quantised (models.load_model(quantization=...)).
+    `settings` holds peft's numbers (lora_r, lora_alpha, lora_dropout, adalora_init_r, adalora_target_r).
+    `quantized`: QLoRA; `model` must already be loaded at 4/8 bits (models.load_model(quantization=...)).
     """
-    method = ("qlora" if cfg.student_training == "qlora" else "lora") if cfg.is_distillation else cfg.method
     with warnings.catch_warnings():
         # peft reads `is_gradient_checkpointing`, which transformers 5 deprecated; harmless.
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
-        if method == "adalora":
+        if adapter == "adalora":
             if total_steps is None:
                 raise ValueError("AdaLoRA needs total_steps (optimizer steps) for its rank budget")
-            return get_peft_model(model, adalora_config(cfg, model, total_steps))
-        if method == "qlora":
-            return _apply_qlora(cfg, model)
-        return get_peft_model(model, lora_config(cfg, model))
+            return get_peft_model(model, adalora_config(settings, model, total_steps))
+        if quantized:
+            return _apply_qlora(settings, model)
+        return get_peft_model(model, lora_config(settings, model))
 
 
 def _apply_qlora(cfg, model):
@@ -110,49 +106,6 @@ def _apply_qlora(cfg, model):
     model = get_peft_model(model, lora_config(cfg, model))
     keep_bnb_trainable(model)
     return model
-
-
-# ---- bitsandbytes ---------------------------------------------------------------------------
-
-def quantization_available(kind: str) -> str | None:
-    """Why `kind` ("4bit"/"8bit") quantisation can't run here, or None when it can."""
-    import importlib.util
-
-    if importlib.util.find_spec("bitsandbytes") is None:
-        return f"{kind} quantisation needs the bitsandbytes package (pip install bitsandbytes)"
-    try:
-        import bitsandbytes  # noqa: F401
-        from bitsandbytes.cextension import lib
-    except Exception as exc:  # a broken native install raises all sorts of things
-        return f"bitsandbytes is installed but fails to load: {exc}"
-    # When the native library is missing, bnb substitutes a placeholder that fails on first use.
-    if type(lib).__name__.startswith("ErrorHandler"):
-        return "bitsandbytes is installed but its native library did not load on this machine"
-    return None
-
-
-def keep_bnb_trainable(model) -> None:
-    """Keep 4-bit layers on the autograd path after eval-mode forwards (bitsandbytes 0.50 on CPU).
-
-    Call before any inference on a 4-bit model that will be trained (load_model and
-    apply_adapter do). Idempotent. A layer that was already repacked is unpacked again, but only
-    approximately: packing rounded its block scales to bf16, so its weights shift by ~0.1%.
-    """
-    try:
-        import bitsandbytes as bnb
-        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
-    except ImportError:
-        return
-    for module in model.modules():
-        if not isinstance(module, bnb.nn.Linear4bit):
-            continue
-        # On CPUs with AVX512-BF16, an eval-mode forward repacks the weight for a kernel that has
-        # no backward; the flag stops that.
-        module.support_avx512bf16_for_cpu = False
-        state = getattr(module.weight, "quant_state", None)
-        if state is not None and getattr(state, "packing_format_for_cpu", False):
-            module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
-                module.weight.data, state)
 
 
 # ---- AdaLoRA --------------------------------------------------------------------------------

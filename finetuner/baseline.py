@@ -22,7 +22,9 @@ def baseline_config(cfg: RunConfig) -> RunConfig:
 
 
 def train_sft_baseline(cfg: RunConfig, resume: bool = False):
-    from finetuner.trainer import LLMFineTuner
+    from finetuner.recipe import Recipe
+    from finetuner.training import train
 
     kept = artifacts.read_student_layers(Path(cfg.output_dir))
-    return LLMFineTuner(baseline_config(cfg), kept_layers=kept).train_distillation(resume=resume)
+    baseline = baseline_config(cfg)
+    return train(baseline, Recipe.of(baseline), kept_layers=kept, resume=resume)

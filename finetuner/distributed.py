@@ -75,39 +75,3 @@ def finish() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-
-
-def decoder_outputs(model, input_ids, attention_mask, output_hidden_states: bool = False):
-    """The decoder's outputs (`last_hidden_state`, what the LM head sees; `hidden_states` when asked)
-    of `model`, computed by its own forward.
-
-    `model` may be wrapped (DDP, FSDP, DeepSpeed, peft). Going through the wrapper's forward is what
-    lets DDP prepare its gradient all-reduce and FSDP gather parameters; calling the inner decoder
-    directly skips both, and the ranks' weights drift apart (tests/test_distributed.py). A forward
-    hook on the decoder takes its output, the LM head's input in every transformers causal LM,
-    whatever a config says about `hidden_states[-1]`; `logits_to_keep` with no positions keeps the
-    head from computing [batch, length, vocab] logits (the loss computes them only where labels
-    count, chunk by chunk). A model without `logits_to_keep` computes full logits, unused.
-    """
-    import inspect
-
-    import torch
-
-    inner = _unwrapped(model)
-    captured = []
-    handle = inner.get_decoder().register_forward_hook(lambda module, args, output: captured.append(output))
-    extra = {"output_hidden_states": True} if output_hidden_states else {}
-    if "logits_to_keep" in inspect.signature(inner.forward).parameters:
-        extra["logits_to_keep"] = torch.empty(0, dtype=torch.long, device=input_ids.device)
-    try:
-        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra)
-    finally:
-        handle.remove()
-    return captured[-1]
-
-
-def _unwrapped(model):
-    """The transformers model inside DDP / FSDP (`.module`) and peft wrappers."""
-    while hasattr(model, "module"):
-        model = model.module
-    return model.get_base_model() if hasattr(model, "get_base_model") else model

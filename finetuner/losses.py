@@ -70,13 +70,13 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, temp
     `beta` is `jsd_beta`; it matters only for `divergence="jsd"`."""
     beta = jsd_beta(divergence, beta)
     mask, targets = select_targets(labels)
-    student = _shared_vocab(student_logits[:, :-1][mask], teacher_logits, vocab_size).float()
-    teacher = _shared_vocab(teacher_logits[:, :-1][mask], student_logits, vocab_size).detach().float()
+    student = shared_vocab(student_logits[:, :-1][mask], teacher_logits, vocab_size).float()
+    teacher = shared_vocab(teacher_logits[:, :-1][mask], student_logits, vocab_size).detach().float()
     ce = F.cross_entropy(student, targets, reduction="sum")
     kl = divergence_sum(F.log_softmax(student / temperature, dim=-1), F.log_softmax(teacher / temperature, dim=-1),
                         beta)
     loss = alpha * ce + (1 - alpha) * temperature ** 2 * kl
-    return _averaged(loss, ce, kl, len(targets), num_items_in_batch)
+    return averaged(loss, ce, kl, len(targets), num_items_in_batch)
 
 
 def chunk_rows(vocab: int) -> int:
@@ -103,14 +103,14 @@ def kd_loss_from_hidden(student_hidden: Tensor, teacher_hidden: Tensor, student_
     for start in range(0, max(len(targets), 1), chunk_size):
         rows = slice(start, start + chunk_size)
         with torch.no_grad():
-            teacher_logits = _shared_vocab(teacher_head(teacher_rows[rows]), None, vocab_size)
+            teacher_logits = shared_vocab(teacher_head(teacher_rows[rows]), None, vocab_size)
             teacher_logprobs = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-        student_logits = _shared_vocab(student_head(student_rows[rows]), teacher_logits, vocab_size)
+        student_logits = shared_vocab(student_head(student_rows[rows]), teacher_logits, vocab_size)
         del teacher_logits  # only its width was needed; free it before the chunk's fp32 work
         chunk = _ChunkKD.apply(student_logits, teacher_logprobs, targets[rows], temperature, alpha, beta,
                                torch.is_grad_enabled() and student_logits.requires_grad)
         loss, ce, kl = loss + chunk[0], ce + chunk[1], kl + chunk[2]
-    return _averaged(loss, ce, kl, len(targets), num_items_in_batch)
+    return averaged(loss, ce, kl, len(targets), num_items_in_batch)
 
 
 class SavedGradientChunk(torch.autograd.Function):
@@ -197,7 +197,7 @@ def _mode_seeking(student_logprobs: Tensor, teacher_logprobs: Tensor, beta: floa
     return value, log_ratio.sub_(row_kl).mul_(probs).mul_(scale)
 
 
-def _shared_vocab(logits: Tensor, other: Tensor | None, vocab_size: int | None) -> Tensor:
+def shared_vocab(logits: Tensor, other: Tensor | None, vocab_size: int | None) -> Tensor:
     """Slice logits to the first `vocab_size` columns (vocabularies that differ only by padding rows)."""
     if vocab_size is not None:
         return logits[..., :vocab_size]
@@ -207,7 +207,7 @@ def _shared_vocab(logits: Tensor, other: Tensor | None, vocab_size: int | None) 
     return logits
 
 
-def _averaged(loss: Tensor, ce: Tensor, kl: Tensor, count: int,
+def averaged(loss: Tensor, ce: Tensor, kl: Tensor, count: int,
               num_items_in_batch: Tensor | int | None) -> KDLoss:
     denominator = count if num_items_in_batch is None else num_items_in_batch
     # clamp_min(1): an all-masked batch has zero sums and gives 0, not 0 / 0 = NaN.

@@ -23,6 +23,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from finetuner.config import RunConfig
+from finetuner.recipe import Recipe
 
 GB = 1e9
 RUNTIME_BYTES = {"cpu": int(0.55 * GB), "cuda": int(0.5 * GB)}
@@ -78,7 +79,7 @@ def compute_precision(device: str) -> str:
 
 
 @dataclass(frozen=True)
-class Estimate:
+class MemoryEstimate:
     """Bytes per process, by what holds them."""
     teacher: int
     student: int  # weights
@@ -93,17 +94,17 @@ class Estimate:
 
 
 def estimate(cfg: RunConfig, student: Shape, teacher: Shape | None = None, device: str = "cpu",
-             shards: int = 1) -> Estimate:
+             shards: int = 1) -> MemoryEstimate:
     """Peak memory of one process; `shards` > 1 splits the student's weights and training state
     over that many processes (FSDP / DeepSpeed ZeRO-3)."""
-    distill = cfg.is_distillation
-    quantized_base = None if distill else (cfg.quantization if cfg.method == "qlora" else None)
+    recipe = Recipe.of(cfg)
+    quantized_base = recipe.quantization
     if quantized_base:
         weights = student.linear_params * WEIGHT_BYTES[quantized_base] + (student.params - student.linear_params) * 4
     else:
         weights = student.params * WEIGHT_BYTES["fp32"]
-    if cfg.uses_lora:
-        rank = cfg.adalora_init_r if not distill and cfg.method == "adalora" else cfg.lora_r
+    if recipe.adapter:
+        rank = cfg.adalora_init_r if recipe.adapter == "adalora" else cfg.lora_r
         trainable = student.lora_per_rank * rank
         weights += trainable * 4
     else:
@@ -117,13 +118,13 @@ def estimate(cfg: RunConfig, student: Shape, teacher: Shape | None = None, devic
     else:
         activations = tokens * student.layers * per_layer * (2 if compute_precision(device) == "fp32" else 1)
     activations += tokens * student.hidden * 4 * 3  # embeddings, final norm, the hidden states the loss reads
-    if cfg.uses_lora:  # peft keeps each adapted layer's input again: fp32 copy, dropout output and mask
+    if recipe.adapter:  # peft keeps each adapted layer's input again: fp32 copy, dropout output and mask
         kept_layers = 1 if cfg.gradient_checkpointing else student.layers
         activations += tokens * student.linear_inputs * kept_layers // student.layers \
             * (LORA_INPUT_BYTES if cfg.lora_dropout > 0 else 4)
 
     teacher_bytes = 0
-    if distill and teacher is not None:
+    if teacher is not None:
         precision = cfg.teacher_quantization or compute_precision(device)
         teacher_bytes = teacher.params * WEIGHT_BYTES[precision]
         # Its forward keeps nothing for backward: one layer's working set and its final hidden states.
@@ -132,7 +133,7 @@ def estimate(cfg: RunConfig, student: Shape, teacher: Shape | None = None, devic
         loss = 6 * chunk * max(teacher.vocab, student.vocab) * 4
     else:
         loss = tokens * student.vocab * FINE_TUNE_LOGIT_BYTES
-    return Estimate(teacher=int(teacher_bytes), student=int(weights / shards), training_state=int(state / shards),
+    return MemoryEstimate(teacher=int(teacher_bytes), student=int(weights / shards), training_state=int(state / shards),
                     activations=int(activations), loss=int(loss), runtime=RUNTIME_BYTES[device])
 
 
@@ -149,28 +150,21 @@ def free_memory() -> tuple[str, int]:
     return "cpu", psutil.virtual_memory().available
 
 
-def shapes(cfg: RunConfig) -> tuple[Shape, Shape | None]:
-    """The student's (or fine-tuned model's) and the teacher's shapes, from their configs."""
+def shapes(recipe: Recipe) -> tuple[Shape, Shape | None]:
+    """The trained model's and, when its weights are held during the run (live, or filling a cache),
+    the teacher's shapes, from their configs."""
     from finetuner import models
 
-    if not cfg.is_distillation:
-        return shape_of(models.load_config(cfg.model)), None
-    config = models.load_config(cfg.student)
-    if cfg.student_layers is not None:
+    config = models.load_config(recipe.trained)
+    if recipe.derived_layers is not None:
         config = models.student_config(config, models.student_layer_indices(config.num_hidden_layers,
-                                                                             cfg.student_layers))
-    # A teacher behind an API, or one whose written responses are all the student learns from, holds
-    # no weights in training.
-    from finetuner.teachers.topk_cache import is_complete
-
-    local_teacher = not getattr(cfg, "teacher_api_base", None) and getattr(cfg, "distillation_mode", "logits") != "responses" \
-        and not is_complete(cfg)  # a complete teacher cache: the teacher is never loaded
-    return shape_of(config), shape_of(models.load_config(cfg.teacher)) if local_teacher else None
+                                                                             recipe.derived_layers))
+    return shape_of(config), shape_of(models.load_config(recipe.teacher)) if recipe.runs_teacher else None
 
 
 def plan_rows(cfg: RunConfig) -> list[tuple[str, str]]:
     """Rows for the plan: what the run needs per process, what is free, and if it does not fit, what would."""
-    student, teacher = shapes(cfg)
+    student, teacher = shapes(Recipe.of(cfg))
     device, free = free_memory()
     return rows_for(cfg, student, teacher, device, free)
 
@@ -182,7 +176,8 @@ def rows_for(cfg: RunConfig, student: Shape, teacher: Shape | None, device: str,
     if teacher is not None:
         precision = cfg.teacher_quantization or compute_precision(device)
         rows.append(("memory: teacher weights", f"{gb(need.teacher)} ({precision})"))
-    what = "adapter + frozen base" if cfg.uses_lora else "fp32"
+    quantized = Recipe.of(cfg).quantization
+    what = f"adapter + frozen {quantized} base" if quantized else "adapter + frozen base" if cfg.uses_lora else "fp32"
     rows += [("memory: student weights" if teacher is not None else "memory: model weights",
               f"{gb(need.student)} ({what})"),
              ("memory: gradients + AdamW", gb(need.training_state)),
@@ -196,7 +191,7 @@ def rows_for(cfg: RunConfig, student: Shape, teacher: Shape | None, device: str,
     return rows
 
 
-def fits(need: Estimate, free: int) -> bool:
+def fits(need: MemoryEstimate, free: int) -> bool:
     return need.total <= HEADROOM * free
 
 

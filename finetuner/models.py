@@ -28,6 +28,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
 from finetuner import sources, ui
+from finetuner.quantization import keep_bnb_trainable, quantization_config
 from finetuner.ui import UserError
 
 # Per-shard "Loading weights" bars from transformers; finetuner shows its own steps.
@@ -370,25 +371,13 @@ def precision_policy() -> Precision:
 
 # ---- loading weights --------------------------------------------------------------------------
 
-def quantization_config(kind: str):
-    from transformers import BitsAndBytesConfig
-
-    if kind == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    if kind == "4bit":
-        compute = precision_policy().teacher_dtype  # on CPU bf16 or fp32, never fp16 (ruinous there)
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                  bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)
-    raise ValueError(f"unknown quantization {kind!r}")
-
-
 def load_model(name: str, dtype: torch.dtype | None = None, quantization: str | None = None,
                for_training: bool = True):
     """A causal LM: fp32 by default (transformers 5 would otherwise pick the checkpoint's dtype)."""
     path = resolve_model_path(name)
     kwargs: dict = {"dtype": dtype or torch.float32, "config": load_config(name)}
     if quantization:
-        kwargs["quantization_config"] = quantization_config(quantization)
+        kwargs["quantization_config"] = quantization_config(quantization, precision_policy().teacher_dtype)
         if torch.cuda.is_available():
             kwargs["device_map"] = {"": torch.cuda.current_device()}  # bnb quantises on placement
     try:
@@ -398,8 +387,6 @@ def load_model(name: str, dtype: torch.dtype | None = None, quantization: str | 
     except _LOAD_ERRORS as exc:
         raise _load_error(name, "model", exc) from exc
     if quantization == "4bit":
-        from finetuner.adapters import keep_bnb_trainable
-
         keep_bnb_trainable(model)
     if for_training:
         model.train()

@@ -9,12 +9,12 @@ stands in, and the plan says which.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 
 from finetuner import ui
 from finetuner.config import RunConfig
+from finetuner.recipe import Recipe
 
 # Effective training FLOP/s per CPU thread (bf16 autocast), from finetuner's DistillationTrainer in
 # benchmarks/results/distill_speed-2026-11-24.json: 3.775 s a step of 8 GSM8K rows (about 1,000
@@ -26,8 +26,9 @@ CALIBRATION = "calibrated on another 2-core CPU, not measured here"
 
 @dataclass
 class Preflight:
-    """What the checks found; the trainer reuses the prepared data."""
+    """What the checks found; the training stage reuses the prepared data."""
 
+    recipe: Recipe
     data: object  # data.PreparedData; None when the teacher writes the rows from documents
     tokenizer: object
 
@@ -36,37 +37,45 @@ def preflight(cfg: RunConfig) -> Preflight:
     """Load tokenizers, configs and the data; raise UserError for a run that cannot work."""
     from finetuner import models
     from finetuner.data import prepare
-
-    ui.step("Checking tokenizers, model configs and the data (no weights are loaded)")
     from finetuner.teachers import topk_cache
 
-    if cfg.is_distillation:
-        tokenizer = models.load_tokenizer(cfg.student)
-        if topk_cache.stands_in_for_teacher(cfg):  # issue 12: the teacher is not on this machine, nor needed
-            ui.info(f"the teacher {cfg.teacher} is not here; its complete cache in {cfg.teacher_cache} stands in")
-        elif cfg.distillation_mode != "responses":  # the teacher's distributions are matched: one tokenizer
-            teacher_tokenizer = tokenizer if cfg.student == cfg.teacher else models.load_tokenizer(cfg.teacher)
-            models.check_tokenizers_match(teacher_tokenizer, tokenizer)
-        if not cfg.teacher_api_base and not topk_cache.stands_in_for_teacher(cfg):
-            for note in models.check_student_plan(cfg.teacher, cfg.student, cfg.student_layers):
-                ui.warning(note)
-    else:
-        tokenizer = models.load_tokenizer(cfg.model)
-        models.load_config(cfg.model)  # a causal LM, and readable
-    if cfg.is_distillation and cfg.questions_per_chunk:
-        return Preflight(data=None, tokenizer=tokenizer)  # the teacher writes the rows after "Start?"
+    ui.step("Checking tokenizers, model configs and the data (no weights are loaded)")
+    recipe = Recipe.of(cfg)
+    tokenizer = models.load_tokenizer(recipe.trained)
+    stands_in = topk_cache.stands_in_for_teacher(cfg)
+    if stands_in:  # the teacher is not on this machine, nor needed
+        ui.info(f"the teacher {cfg.teacher} is not here; its complete cache in {cfg.teacher_cache} stands in")
+    elif recipe.signal != "none":  # the teacher's distributions are matched: one tokenizer
+        teacher_tokenizer = tokenizer if recipe.trained == recipe.teacher else models.load_tokenizer(recipe.teacher)
+        models.check_tokenizers_match(teacher_tokenizer, tokenizer)
+    if recipe.distils and not cfg.teacher_api_base and not stands_in:
+        for note in models.check_student_plan(recipe.teacher, recipe.trained, recipe.derived_layers):
+            ui.warning(note)
+    if not recipe.distils:
+        models.load_config(recipe.trained)  # a causal LM, and readable
+    check_logits(recipe, stands_in)
+    if recipe.distils and cfg.questions_per_chunk:
+        return Preflight(recipe, data=None, tokenizer=tokenizer)  # the teacher writes the rows after "Start?"
     # A teacher that writes replaces the responses later; the prompts are checked now.
-    return Preflight(data=prepare(cfg, tokenizer), tokenizer=tokenizer)
+    return Preflight(recipe, data=prepare(cfg, tokenizer), tokenizer=tokenizer)
+
+
+def check_logits(recipe: Recipe, teacher_absent: bool) -> None:
+    """Distilling from logits needs each model's real logits: refuse a family whose head finetuner
+    does not reproduce, by name, before "Start?" (finetuner.logits)."""
+    from finetuner import logits, models
+
+    if recipe.signal == "none":
+        return
+    names = [recipe.trained] + ([] if teacher_absent or recipe.teacher == recipe.trained else [recipe.teacher])
+    for name in names:
+        if problem := logits.plan_problem(models.load_config(name)):
+            raise ui.UserError(f"can't distil from logits with {name}: {problem}",
+                               hint="use distillation_mode responses (the teacher's text, any family), or models "
+                                    "of a family README's compatibility table lists")
 
 
 # ---- derived facts --------------------------------------------------------------------------
-
-def steps(cfg: RunConfig, train_rows: int) -> int:
-    if cfg.max_steps:
-        return cfg.max_steps
-    per_epoch = math.ceil(math.ceil(train_rows / cfg.batch_size) / cfg.gradient_accumulation)
-    return max(1, per_epoch * cfg.epochs)
-
 
 def device_name() -> str:
     import torch
@@ -78,95 +87,53 @@ def device_name() -> str:
     return f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads), {models.cpu_precision_reason()}"
 
 
-def _trained_model(cfg: RunConfig) -> str:
-    return cfg.student if cfg.is_distillation else cfg.model
-
-
-def _head_params(name: str) -> int:
-    from finetuner import models
-
-    config = models.load_config(name)
-    return config.vocab_size * config.hidden_size
-
-
-def uses_live_teacher(cfg: RunConfig) -> bool:
-    """Whether the teacher runs forward during training, as trainer.train_distillation decides: not in
-    responses mode, not with a complete teacher cache (issue 12), not when the student trains plainly."""
-    from finetuner.teachers.topk_cache import is_complete
-
-    return cfg.is_distillation and cfg.distillation_mode != "responses" and not is_complete(cfg) \
-        and not cfg.trains_plainly
-
-
-def training_flops(cfg: RunConfig, tokens: int, label_tokens: int) -> float:
-    """Training FLOPs for `tokens` input tokens of which `label_tokens` count in the loss.
-
-    Forward is 2 FLOPs per parameter per token, backward 4 (2 with frozen weights, as under LoRA).
-    When distilling, finetuner runs both LM heads on counted positions only."""
-    from finetuner import disk
-
-    student = disk.parameter_count(_trained_model(cfg), cfg.student_layers if cfg.is_distillation else None)
-    head = _head_params(_trained_model(cfg))
-    train_factor = 4 if cfg.uses_lora else 6
-    if getattr(cfg, "gradient_checkpointing", False):
-        train_factor += 2  # the forward pass runs again during backward
-    if not uses_live_teacher(cfg):
-        return train_factor * student * tokens
-    teacher = disk.parameter_count(cfg.teacher)
-    teacher_head = _head_params(cfg.teacher)
-    body = train_factor * (student - head) * tokens + 2 * (teacher - teacher_head) * tokens
-    heads = (train_factor * head + 2 * teacher_head) * label_tokens
-    return body + heads
-
-
 @dataclass(frozen=True)
-class Estimate:
+class TimeEstimate:
     seconds: float | None  # the optimizer steps, not loading or benchmarking; None where not estimated
     how: str  # how it was made, for the plan
 
 
-def estimate(cfg: RunConfig, pre: Preflight, dry_run: bool = False) -> Estimate:
+def estimate(cfg: RunConfig, pre: Preflight, dry_run: bool = False) -> TimeEstimate:
     """Training time from a probe step on this machine, else from the calibrated rate."""
     import torch
 
     from finetuner import probe
 
     if pre.data is None:  # no rows yet when the teacher writes them from documents
-        return Estimate(None, "not estimated: the teacher writes the rows after \"Start?\"")
+        return TimeEstimate(None, "not estimated: the teacher writes the rows after \"Start?\"")
     if not pre.data.stats.get("train_rows"):
-        return Estimate(0.0, "no rows to train on")
-    why = "a dry run times nothing" if dry_run else probe.why_not(cfg)
+        return TimeEstimate(0.0, "no rows to train on")
+    why = "a dry run times nothing" if dry_run else probe.why_not(pre.recipe)
     if why is None:
         ui.step(f"Timing one training step on this machine ({cfg.batch_size} rows, random weights)")
         try:
-            measured = probe.measure(cfg, pre.data, pre.tokenizer)
+            measured = probe.measure(cfg, pre.recipe, pre.data, pre.tokenizer)
         except probe.ProbeSkipped as exc:
             why = str(exc)
         except (MemoryError, RuntimeError) as exc:
-            from finetuner.trainer import is_out_of_memory, out_of_memory_error
+            from finetuner.training.loop import is_out_of_memory, out_of_memory_error
 
             if not is_out_of_memory(exc):
                 raise
             # One micro-batch did not fit: training would fail the same way, so say it before "Start?".
             raise out_of_memory_error("timing one training step (the run's batch does not fit)") from None
         else:
-            seconds = _seconds(cfg, pre.data, measured.flops_per_second, measured.optimizer_seconds)
-            return Estimate(seconds, f"measured: a probe step here ran {measured.flops_per_second / 1e9:.0f} "
+            seconds = _seconds(pre.recipe, pre.data, measured.flops_per_second, measured.optimizer_seconds)
+            return TimeEstimate(seconds, f"measured: a probe step here ran {measured.flops_per_second / 1e9:.0f} "
                                      f"GFLOP/s{_on_policy_note(cfg)}")
     if torch.cuda.is_available():
-        return Estimate(None, f"not estimated: {why}")
+        return TimeEstimate(None, f"not estimated: {why}")
     rate = CPU_FLOPS_PER_CORE * torch.get_num_threads()
-    return Estimate(_seconds(cfg, pre.data, rate, 0.0), f"{CALIBRATION} ({why}){_busy_note()}")
+    return TimeEstimate(_seconds(pre.recipe, pre.data, rate, 0.0), f"{CALIBRATION} ({why}){_busy_note()}")
 
 
-def _seconds(cfg: RunConfig, data, flops_per_second: float, optimizer_seconds: float) -> float:
+def _seconds(recipe: Recipe, data, flops_per_second: float, optimizer_seconds: float) -> float:
     stats = data.stats
-    total_steps = steps(cfg, stats["train_rows"])
-    epoch_steps = max(1, math.ceil(math.ceil(stats["train_rows"] / cfg.batch_size) / cfg.gradient_accumulation))
-    epochs_run = total_steps / epoch_steps
+    total_steps = recipe.steps(stats["train_rows"])
+    epochs_run = total_steps / recipe.steps_per_epoch(stats["train_rows"])
     tokens = sum(len(ids) for ids in data.train["input_ids"]) * epochs_run
     label_tokens = stats["train_label_tokens"] * epochs_run
-    return training_flops(cfg, tokens, label_tokens) / flops_per_second + total_steps * optimizer_seconds
+    return recipe.training_flops(tokens, label_tokens) / flops_per_second + total_steps * optimizer_seconds
 
 
 def _on_policy_note(cfg: RunConfig) -> str:
@@ -187,7 +154,7 @@ def _busy_note() -> str:
     return f"; the machine is busy now (load {load:.1f} on {cores} cores), so expect it to take longer"
 
 
-def derived_facts(cfg: RunConfig, pre: Preflight, time: Estimate) -> list[tuple[str, str]]:
+def derived_facts(cfg: RunConfig, pre: Preflight, time: TimeEstimate) -> list[tuple[str, str]]:
     """(label, value) rows for the plan: what the settings add up to."""
     from finetuner import disk
     from finetuner.summary import duration
@@ -198,7 +165,7 @@ def derived_facts(cfg: RunConfig, pre: Preflight, time: Estimate) -> list[tuple[
                 ("disk needed", f"about {disk._gb(disk.bytes_needed(cfg))}")]
 
     stats = pre.data.stats
-    total = steps(cfg, stats["train_rows"])
+    total = pre.recipe.steps(stats["train_rows"])
     effective = cfg.batch_size * cfg.gradient_accumulation
     rows = [
         ("device", device_name()),

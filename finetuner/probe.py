@@ -1,7 +1,7 @@
 """The plan's time estimate, measured on this machine before "Start?": one training micro-batch of
 the run's own rows through models of the run's shapes, with random weights (no checkpoint is read).
 
-The probe yields a rate, training FLOPs a second counted the way `plan.training_flops` counts them,
+The probe yields a rate, training FLOPs a second counted the way `Recipe.training_flops` counts them,
 so the run's other batches, longer or shorter, scale from it. The optimizer step is timed apart:
 it costs the same every step whatever the tokens. A fixed, calibrated rate missed by 2.5x on a CPU
 other than the one it was calibrated on (README, "The plan"); a measured one follows the CPU.
@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 from finetuner.config import RunConfig
+from finetuner.recipe import Recipe
 
 # The probe builds the models once more beside nothing else; keep it to a share of free memory.
 MEMORY_SHARE = 0.5
@@ -28,28 +29,26 @@ class Measured:
     optimizer_seconds: float  # one optimizer step
 
 
-def why_not(cfg: RunConfig) -> str | None:
+def why_not(recipe: Recipe) -> str | None:
     """Why no probe can stand for this run here, or None."""
     import torch
 
     from finetuner import distributed
-    from finetuner.plan import uses_live_teacher
 
     if torch.cuda.is_available():
         return "GPU runs are not probed"
     if distributed.world_size() > 1:
         return "processes probing side by side would time each other"
-    quantised_student = cfg.student_training == "qlora" if cfg.is_distillation else cfg.method == "qlora"
-    if quantised_student or (uses_live_teacher(cfg) and cfg.teacher_quantization):
+    if recipe.quantization or (recipe.runs_teacher and recipe.teacher_quantization):
         return "quantised models are not probed"
     return None
 
 
-def measure(cfg: RunConfig, data, tokenizer) -> Measured:
+def measure(cfg: RunConfig, recipe: Recipe, data, tokenizer) -> Measured:
     """Time a micro-batch (forward, loss, backward; the faster of two) and one optimizer step; raises ProbeSkipped."""
     import torch
 
-    student, teacher = _models(cfg, data)
+    student, teacher = _models(cfg, recipe, data)
     batch = _median_batch(data.train, cfg.batch_size, tokenizer)
     step = _distillation_step(cfg, student, teacher) if teacher is not None else _plain_step(student)
     warm = {key: value[:2, :WARM_UP_TOKENS] for key, value in batch.items()}
@@ -63,11 +62,9 @@ def measure(cfg: RunConfig, data, tokenizer) -> Measured:
 
     seconds = min(timed() for _ in range(TIMED_BATCHES))
 
-    from finetuner.plan import training_flops
-
     tokens = batch["input_ids"].numel()
     label_tokens = int((batch["labels"][:, 1:] != -100).sum())
-    rate = training_flops(cfg, tokens, label_tokens) / seconds
+    rate = recipe.training_flops(tokens, label_tokens) / seconds
     trained = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=1e-5)
     optimizer.step()  # the first step allocates the moments
@@ -82,19 +79,17 @@ class ProbeSkipped(Exception):
     """The models would not fit in memory beside what is already there."""
 
 
-def _models(cfg: RunConfig, data):
+def _models(cfg: RunConfig, recipe: Recipe, data):
     import torch
     from transformers import AutoModelForCausalLM
 
     from finetuner import adapters, disk, models
     from finetuner.memory_plan import free_memory
-    from finetuner.plan import steps, uses_live_teacher
 
-    name = cfg.student if cfg.is_distillation else cfg.model
-    layers = cfg.student_layers if cfg.is_distillation else None
-    live_teacher = uses_live_teacher(cfg)
+    name, layers = recipe.trained, recipe.derived_layers
+    live_teacher = recipe.runs_teacher
     student_params = disk.parameter_count(name, layers)
-    teacher_params = disk.parameter_count(cfg.teacher) if live_teacher else 0
+    teacher_params = disk.parameter_count(recipe.teacher) if live_teacher else 0
     need = student_params * 16 + teacher_params * 2  # fp32 weights, gradients, Adam's two moments; bf16 teacher
     if need > MEMORY_SHARE * free_memory()[1]:
         raise ProbeSkipped(f"the models need about {need / 2**30:.1f} GB to probe")
@@ -104,12 +99,12 @@ def _models(cfg: RunConfig, data):
         config = models.student_config(config, list(range(layers)))
     student = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     student.train()
-    if cfg.uses_lora:
-        student = adapters.apply_adapter(cfg, student, steps(cfg, len(data.train)))
+    if recipe.adapter:
+        student = adapters.apply_adapter(cfg, student, recipe.adapter, total_steps=recipe.steps(len(data.train)))
     teacher = None
     if live_teacher:
         precision = models.precision_policy()
-        teacher = AutoModelForCausalLM.from_config(models.load_config(cfg.teacher), dtype=precision.teacher_dtype)
+        teacher = AutoModelForCausalLM.from_config(models.load_config(recipe.teacher), dtype=precision.teacher_dtype)
         teacher.eval().requires_grad_(False)
     return student, teacher
 
@@ -145,17 +140,16 @@ def _plain_step(model):
 
 def _distillation_step(cfg: RunConfig, student, teacher):
     """What DistillationTrainer does: both decoders, then the chunked loss on counted positions."""
-    from finetuner import distributed
-    from finetuner.losses import chunk_rows
-    from finetuner.trainer import live_teacher_loss
+    from finetuner import logits
+    from finetuner.teachers.signal import LiveTeacher
 
-    vocab = min(student.get_output_embeddings().weight.shape[0], teacher.get_output_embeddings().weight.shape[0])
+    head = logits.head_of(student)
+    signal = LiveTeacher(teacher, cfg.temperature, min(head.vocab_rows, logits.head_of(teacher).vocab_rows),
+                         cfg.divergence, cfg.jsd_beta)
 
     def step(batch: dict) -> None:
         with _autocast():
-            out = distributed.decoder_outputs(student, batch["input_ids"], batch["attention_mask"])
-            _, result = live_teacher_loss(student, out, teacher, batch, temperature=cfg.temperature, alpha=cfg.alpha,
-                                          vocab_size=vocab, chunk_size=chunk_rows(vocab), divergence=cfg.divergence,
-                                          beta=cfg.jsd_beta)
+            out = logits.decoder_outputs(student, batch["input_ids"], batch["attention_mask"])
+            result, _ = signal.loss(out, head, batch, cfg.alpha, None)
         result.loss.backward()
     return step

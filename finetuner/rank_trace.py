@@ -14,7 +14,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from finetuner.distributed import _unwrapped, rank, world_size
+from finetuner.distributed import rank, world_size
+from finetuner.logits import unwrapped
 
 TRACE_ENV = "FINETUNER_TRACE_DIR"
 
@@ -34,7 +35,7 @@ class RankTrace(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         # A pre-hook on the student's decoder sees exactly the rows each forward trains on (the
         # dataloader prefetches, so the collator would see them a batch early).
-        decoder = _unwrapped(model).get_decoder()
+        decoder = unwrapped(model).get_decoder()
         decoder.register_forward_pre_hook(self._record_rows, with_kwargs=True)
         self._save_weights(model, state.global_step)
 
@@ -55,7 +56,7 @@ class RankTrace(TrainerCallback):
     def _save_weights(self, model, step: int) -> str:
         import torch
 
-        weights = {name: p.detach().float().cpu().clone() for name, p in _unwrapped(model).named_parameters()
+        weights = {name: p.detach().float().cpu().clone() for name, p in unwrapped(model).named_parameters()
                    if p.requires_grad}
         torch.save(weights, self.directory / f"rank{rank()}-step{step}.pt")
         return hashlib.sha1(b"".join(w.numpy().tobytes() for w in weights.values())).hexdigest()

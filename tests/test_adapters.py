@@ -10,6 +10,7 @@ import torch
 
 from finetuner import adapters, models
 from finetuner.config import RunConfig
+from finetuner.quantization import keep_bnb_trainable, quantization_available, quantization_config
 
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -67,7 +68,7 @@ def test_unknown_names_fall_back_to_all_linear():
 # ---- applying adapters ----------------------------------------------------------------------
 
 def test_lora_trains_only_adapters(tiny_llama, ids):
-    model = adapters.apply_adapter(RunConfig(method="lora", lora_r=4), models.load_model(str(tiny_llama)))
+    model = adapters.apply_adapter(RunConfig(method="lora", lora_r=4), models.load_model(str(tiny_llama)), "lora")
     trainable = _trainable(model)
     assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
     assert {n.split(".")[-4] for n in trainable} == set(LLAMA_TARGETS)
@@ -82,17 +83,20 @@ def test_gpt2_lora_uses_fan_in_fan_out(tiny_gpt2, ids):
 
 
 def test_a_lora_student_in_distillation_uses_plain_lora(tiny_llama):
+    from finetuner.recipe import Recipe
+
     cfg = RunConfig(approach="distillation", student_training="lora", student_layers=2)
-    model = adapters.apply_adapter(cfg, models.load_model(str(tiny_llama)))
+    recipe = Recipe.of(cfg)
+    model = adapters.apply_adapter(cfg, models.load_model(str(tiny_llama)), recipe.adapter, recipe.quantization is not None)
     assert type(model.peft_config["default"]).__name__ == "LoraConfig"
 
 
 @pytest.mark.parametrize("bits, layer", [("4bit", "Linear4bit"), ("8bit", "Linear8bitLt")])
 def test_qlora_trains_only_adapters_on_a_quantised_base(tiny_llama, ids, bits, layer):
-    assert adapters.quantization_available(bits) is None
+    assert quantization_available(bits) is None
     base = models.load_model(str(tiny_llama), quantization=bits)
     assert type(base.model.layers[0].self_attn.q_proj).__name__ == layer
-    model = adapters.apply_adapter(RunConfig(method="qlora", quantization=bits), base)
+    model = adapters.apply_adapter(RunConfig(method="qlora", quantization=bits), base, quantized=True)
     trainable = _trainable(model)
     assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
     assert _nonzero(_grads(model, ids)) > 0
@@ -100,12 +104,12 @@ def test_qlora_trains_only_adapters_on_a_quantised_base(tiny_llama, ids, bits, l
 
 def test_qlora_refuses_an_unquantised_model(tiny_llama):
     with pytest.raises(ValueError, match="quantization"):
-        adapters.apply_adapter(RunConfig(method="qlora"), models.load_model(str(tiny_llama)))
+        adapters.apply_adapter(RunConfig(method="qlora"), models.load_model(str(tiny_llama)), quantized=True)
 
 
 def test_adalora_trains_only_adapters_at_init_rank(tiny_llama):
     cfg = RunConfig(method="adalora", adalora_init_r=6, adalora_target_r=2)
-    model = adapters.apply_adapter(cfg, models.load_model(str(tiny_llama)), total_steps=10)
+    model = adapters.apply_adapter(cfg, models.load_model(str(tiny_llama)), "adalora", total_steps=10)
     assert all(any(f".lora_{m}." in n for m in "ABE") for n in _trainable(model))
     ranks = adapters.adalora_ranks(model)
     assert len(ranks) == 4 * len(LLAMA_TARGETS) and set(ranks.values()) == {6}
@@ -134,7 +138,7 @@ def test_plain_bitsandbytes_stops_training_4bit_layers_after_generate(tiny_llama
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32,
-                                                quantization_config=models.quantization_config("4bit"))
+                                                quantization_config=quantization_config("4bit", models.precision_policy().teacher_dtype))
     model = get_peft_model(base, adapters.lora_config(RunConfig(lora_dropout=0.0), base))  # deterministic
     before = _grads(model, ids)
     _generate(model, ids)
@@ -142,7 +146,7 @@ def test_plain_bitsandbytes_stops_training_4bit_layers_after_generate(tiny_llama
 
     # Also repairs layers already repacked; best-effort, since packing rounded their block
     # scales to bf16, so the gradients come back close to, not equal to, the originals.
-    adapters.keep_bnb_trainable(model)
+    keep_bnb_trainable(model)
     repaired = _grads(model, ids)
     assert _nonzero(repaired) == _nonzero(before)
     assert all(torch.allclose(repaired[n], before[n], rtol=0.05, atol=0.01) for n in before)
@@ -150,7 +154,7 @@ def test_plain_bitsandbytes_stops_training_4bit_layers_after_generate(tiny_llama
 
 def test_qlora_4bit_keeps_learning_after_generate(tiny_llama, ids):
     model = adapters.apply_adapter(RunConfig(method="qlora", quantization="4bit", lora_dropout=0.0),
-                                   models.load_model(str(tiny_llama), quantization="4bit"))
+                                   models.load_model(str(tiny_llama), quantization="4bit"), quantized=True)
     before = _grads(model, ids)
     _generate(model, ids)
     after = _grads(model, ids)
@@ -176,7 +180,7 @@ def test_adalora_allocator_changes_ranks_during_training(tiny_llama, tokenizer, 
 
     cfg = RunConfig(method="adalora", adalora_init_r=6, adalora_target_r=2)
     # A wrong step count on purpose: the callback aligns the schedule with the Trainer's.
-    model = adapters.apply_adapter(cfg, models.load_model(str(tiny_llama)), total_steps=1000)
+    model = adapters.apply_adapter(cfg, models.load_model(str(tiny_llama)), "adalora", total_steps=1000)
     before = adapters.adalora_ranks(model)
     assert set(before.values()) == {cfg.adalora_init_r}
     rows = [f"What is {a} plus {b}? {a} plus {b} is {a + b}." for a in range(1, 5) for b in range(1, 5)]

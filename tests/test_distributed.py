@@ -105,7 +105,7 @@ def test_final_hidden_states_through_the_wrapper(tiny_llama, tiny_gpt2, build):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-    from finetuner.distributed import decoder_outputs
+    from finetuner.logits import decoder_outputs
 
     class ClassicLlama(LlamaForCausalLM):  # a forward without logits_to_keep, as in older remote code
         def forward(self, input_ids=None, attention_mask=None, use_cache=None, output_hidden_states=None):

@@ -76,7 +76,8 @@ def test_on_policy_training_step_scores_student_text(tiny_llama, tiny_llama_smal
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, TrainingArguments
 
-    from finetuner.trainer import DistillationTrainer
+    from finetuner.teachers.signal import LiveTeacher
+    from finetuner.training.distill_trainer import DistillationTrainer
 
     inputs, _ = qa_batch(tokenizer)
     teacher = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
@@ -101,8 +102,8 @@ def test_on_policy_training_step_scores_student_text(tiny_llama, tiny_llama_smal
                              report_to=[], use_cpu=True, save_strategy="no", learning_rate=1e-3,
                              disable_tqdm=True, remove_unused_columns=False)
     trainer = DistillationTrainer(model=student, args=args, train_dataset=Dataset.from_list(rows),
-                                  data_collator=make_collator(tokenizer), teacher=teacher, temperature=2.0,
-                                  alpha=0.5, vocab_size=None, divergence="reverse_kl", on_policy=sampler)
+                                  data_collator=make_collator(tokenizer),
+                                  teacher=LiveTeacher(teacher, 2.0, None, "reverse_kl"), alpha=0.5, on_policy=sampler)
     trainer.train()
     logs = [e for e in trainer.state.log_history if "loss" in e]
     assert logs[0]["loss"] == pytest.approx(expected.loss.item(), rel=1e-3)

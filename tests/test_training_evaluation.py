@@ -15,7 +15,8 @@ import pytest
 from finetuner import artifacts, tracking
 from finetuner.benchmark import perplexity
 from finetuner.config import RunConfig
-from finetuner.trainer import LLMFineTuner
+from finetuner.recipe import Recipe
+from finetuner.training import train
 
 
 def _eval_losses(out) -> list[tuple[int, float]]:
@@ -34,7 +35,7 @@ def test_eval_steps_keeps_the_best_checkpoint_when_the_last_is_worse(tmp_path, t
                     alpha=1.0, output_dir=str(out), dataset=str(qa_file), max_samples=12, eval_fraction=0.34,
                     max_length=64, batch_size=8, gradient_accumulation=1, learning_rate=0.03, max_steps=32,
                     eval_steps=4, benchmark=False)
-    LLMFineTuner(cfg).train_distillation()
+    train(cfg, Recipe.of(cfg))
 
     losses = _eval_losses(out)
     assert [step for step, _ in losses] == list(range(4, 33, 4))
@@ -55,7 +56,7 @@ def _distill_reporting_to(report_to: str, out, tiny_llama, qa_file) -> list[dict
                     output_dir=str(out), dataset=str(qa_file), max_samples=24, max_length=64, batch_size=8,
                     gradient_accumulation=1, max_steps=4, eval_steps=2, early_stopping_patience=3,
                     report_to=report_to, benchmark=False)
-    LLMFineTuner(cfg).train_distillation()
+    train(cfg, Recipe.of(cfg))
     return artifacts.read_training_log(out)["log_history"]
 
 

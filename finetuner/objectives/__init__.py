@@ -10,9 +10,10 @@ from pathlib import Path
 
 
 def trainer_settings(cfg, student, teacher, tokenizer, out_dir: Path) -> dict:
-    """DistillationTrainer's objective arguments for a RunConfig: the divergence, the hidden-state
-    term (with its layer map and projection) and the on-policy sampler, each only when switched on."""
-    settings = {"divergence": cfg.divergence, "beta": cfg.jsd_beta}
+    """DistillationTrainer's objective arguments for a RunConfig: the hidden-state term (with its
+    layer map and projection) and the on-policy sampler, each only when switched on. (The divergence
+    belongs to the teacher's signal: `finetuner.teachers.signal`.)"""
+    settings = {}
     if cfg.hidden_state_weight > 0:
         from finetuner import artifacts
         from finetuner.objectives import hidden_states

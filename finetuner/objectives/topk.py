@@ -34,49 +34,49 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from finetuner.losses import KDLoss, SavedGradientChunk, _averaged, _shared_vocab, ce_gradient, select_targets
+from finetuner.losses import KDLoss, SavedGradientChunk, averaged, shared_vocab, ce_gradient, select_targets
 
 
-class TeacherEntries(NamedTuple):
+class TopKEntries(NamedTuple):
     """The cached teacher signal for N counted positions, in `select_targets` order."""
     logprobs: Tensor  # [N, k] top-k log-probabilities at T = 1
     ids: Tensor  # [N, k] their token ids
     tail: Tensor  # [N] log sum over the other ids of p^(1/T), at the cache's temperature
 
 
-def teacher_topk(teacher_logits: Tensor, k: int, temperature: float) -> TeacherEntries:
+def teacher_topk(teacher_logits: Tensor, k: int, temperature: float) -> TopKEntries:
     """What the cache stores for rows of teacher logits [N, V] (fp32 results)."""
     logprobs = F.log_softmax(teacher_logits.float(), dim=-1)
     top, ids = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1, sorted=True)
     tail = (logprobs / temperature).scatter_(1, ids, -math.inf).logsumexp(-1)
-    return TeacherEntries(top, ids, tail)
+    return TopKEntries(top, ids, tail)
 
 
-def teacher_buckets(entries: TeacherEntries, temperature: float) -> Tensor:
+def teacher_buckets(entries: TopKEntries, temperature: float) -> Tensor:
     """log P over the k + 1 buckets at temperature T ([N, k + 1], fp32)."""
     tempered = torch.cat([entries.logprobs.float() / temperature, entries.tail.float()[:, None]], dim=-1)
     return F.log_softmax(tempered, dim=-1)
 
 
-def gradient_bound(entries: TeacherEntries, temperature: float, alpha: float) -> Tensor:
+def gradient_bound(entries: TopKEntries, temperature: float, alpha: float) -> Tensor:
     """Per counted token, an upper bound on the L1 distance between this loss's gradient on the
     student's logits and the full-logit `kd_loss`'s: 2 (1 - alpha) T P_tail."""
     return 2 * (1 - alpha) * temperature * teacher_buckets(entries, temperature)[:, -1].exp()
 
 
-def topk_kd_loss(student_logits: Tensor, entries: TeacherEntries, labels: Tensor, vocab_size: int | None = None,
+def topk_kd_loss(student_logits: Tensor, entries: TopKEntries, labels: Tensor, vocab_size: int | None = None,
                  temperature: float = 2.0, alpha: float = 0.5,
                  num_items_in_batch: Tensor | int | None = None) -> KDLoss:
     """The cached loss on full student logits [B, L, V]; the reference for the fast path."""
     mask, targets = select_targets(labels)
-    student = _shared_vocab(student_logits[:, :-1][mask], None, vocab_size)
+    student = shared_vocab(student_logits[:, :-1][mask], None, vocab_size)
     sums = _ChunkTopKD.apply(student, teacher_buckets(entries, temperature), entries.ids.long(), targets,
                              temperature, alpha, torch.is_grad_enabled() and student.requires_grad)
-    return _averaged(*sums, len(targets), num_items_in_batch)
+    return averaged(*sums, len(targets), num_items_in_batch)
 
 
 def topk_kd_loss_from_hidden(student_hidden: Tensor, student_head: nn.Module, labels: Tensor,
-                             entries: TeacherEntries, vocab_size: int | None = None, temperature: float = 2.0,
+                             entries: TopKEntries, vocab_size: int | None = None, temperature: float = 2.0,
                              alpha: float = 0.5, num_items_in_batch: Tensor | int | None = None,
                              chunk_size: int = 1024) -> KDLoss:
     """`topk_kd_loss` from the student's final hidden states [B, L, H]: the LM head runs only on
@@ -90,11 +90,11 @@ def topk_kd_loss_from_hidden(student_hidden: Tensor, student_head: nn.Module, la
     loss = ce = kl = 0.0
     for start in range(0, max(len(targets), 1), chunk_size):  # one empty chunk keeps the graph attached
         rows = slice(start, start + chunk_size)
-        student_logits = _shared_vocab(student_head(rows_hidden[rows]), None, vocab_size)
+        student_logits = shared_vocab(student_head(rows_hidden[rows]), None, vocab_size)
         chunk = _ChunkTopKD.apply(student_logits, buckets[rows], ids[rows], targets[rows], temperature, alpha,
                                   torch.is_grad_enabled() and student_logits.requires_grad)
         loss, ce, kl = loss + chunk[0], ce + chunk[1], kl + chunk[2]
-    return _averaged(loss, ce, kl, len(targets), num_items_in_batch)
+    return averaged(loss, ce, kl, len(targets), num_items_in_batch)
 
 
 class _ChunkTopKD(SavedGradientChunk):

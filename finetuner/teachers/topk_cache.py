@@ -14,15 +14,13 @@ max_length, k, temperature, vocabulary) must match, or the cache is refused.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from finetuner import sources, ui
 
@@ -31,7 +29,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from finetuner.config import RunConfig
-    from finetuner.objectives.topk import TeacherEntries
+    from finetuner.objectives.topk import TopKEntries
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -59,101 +57,27 @@ def plan_rows(cfg: RunConfig, data=None) -> list[tuple[str, str]]:
     manifest = complete_manifest(Path(cfg.teacher_cache))
     if manifest:
         size = manifest["counted_tokens"] * bytes_per_token(manifest["fingerprint"]["top_k"])
-        return [("teacher cache", f"complete: {manifest['counted_tokens']:,} tokens, {_size(size)}; "
+        return [("teacher cache", f"complete: {manifest['counted_tokens']:,} tokens, {size_text(size)}; "
                                   "the teacher is not loaded (if it matches this run)")]
     per_token = bytes_per_token(cfg.teacher_top_k)
     started = read_manifest(Path(cfg.teacher_cache))
     if started:
         done = sum((Path(cfg.teacher_cache).expanduser() / shard_name(i)).is_file() for i in range(started["shards"]))
         size = started["counted_tokens"] * started["bytes_per_token"]
-        return [("teacher cache", f"{done} of {started['shards']} shards written ({_size(size)} in all); "
+        return [("teacher cache", f"{done} of {started['shards']} shards written ({size_text(size)} in all); "
                                   "the build resumes there (if it matches this run)")]
     # In hybrid mode the teacher has not written the responses yet: only the bound is known.
     if data is not None and getattr(data, "train", None) is not None and not getattr(cfg, "teacher_writes", False):
         tokens = counted_tokens(data.train)
         return [("teacher cache", f"top-{cfg.teacher_top_k}, {per_token} bytes a counted token x {tokens:,} "
-                                  f"tokens = {_size(tokens * per_token)}, written once to {cfg.teacher_cache}")]
+                                  f"tokens = {size_text(tokens * per_token)}, written once to {cfg.teacher_cache}")]
     most = math.ceil(cfg.max_samples * (1 - cfg.eval_fraction)) * cfg.max_length
     return [("teacher cache", f"top-{cfg.teacher_top_k}, {per_token} bytes a counted token x at most {most:,} "
-                              f"tokens = at most {_size(most * per_token)} (exact figure after tokenizing)")]
+                              f"tokens = at most {size_text(most * per_token)} (exact figure after tokenizing)")]
 
 
-def _size(count: float) -> str:
+def size_text(count: float) -> str:
     return f"{count / 1e9:.2f} GB" if count >= 1e9 else f"{count / 1e6:.1f} MB"
-
-
-# ---- the fingerprint --------------------------------------------------------------------------
-
-def fingerprint(cfg: RunConfig, tokenizer, rows: datasets.Dataset, vocab_size: int) -> dict:
-    """Everything the cached numbers depend on. `teacher_weights` is None when the teacher is not
-    on this machine (then the teacher's name stands in for it)."""
-    return {"teacher": cfg.teacher, "teacher_weights": teacher_weights_id(cfg.teacher),
-            "tokenizer": tokenizer_hash(tokenizer), "rows": rows_hash(rows), "max_length": cfg.max_length,
-            "top_k": cfg.teacher_top_k, "temperature": cfg.temperature, "vocab_size": vocab_size}
-
-
-def teacher_weights_id(name: str) -> str | None:
-    """A stable id of the teacher's weights: the built-in's file, a Hub revision, or a hash of a
-    local directory's weight files (sizes and 16 sampled 64 KB blocks each, so it is quick for a
-    7B model and the same on any machine holding the same files)."""
-    if sources.check_model(name) is not None:
-        return None
-    kind = sources.model_kind(name)
-    if kind == "builtin":
-        gguf = sources.builtin_model_file(name)
-        return f"builtin:{gguf.name}:{gguf.stat().st_size}"
-    if kind == "hub":
-        from huggingface_hub import try_to_load_from_cache
-
-        found = try_to_load_from_cache(name, "config.json")
-        return f"revision:{Path(found).parent.name}" if isinstance(found, str) else None
-    digest = hashlib.sha256()
-    files = sorted(p for p in Path(name).expanduser().iterdir()
-                   if p.suffix in (".safetensors", ".bin", ".gguf", ".pt") and p.is_file())
-    for path in files:
-        size = path.stat().st_size
-        digest.update(f"{path.name}:{size}".encode())
-        with path.open("rb") as handle:
-            for i in range(16):
-                handle.seek(size * i // 16)
-                digest.update(handle.read(1 << 16))
-    return f"sampled-sha256:{digest.hexdigest()[:32]}" if files else None
-
-
-def tokenizer_hash(tokenizer) -> str:
-    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
-    special = [tokenizer.bos_token, tokenizer.eos_token, tokenizer.unk_token]
-    return hashlib.sha256(json.dumps([vocab, special]).encode()).hexdigest()[:32]
-
-
-def rows_hash(rows: datasets.Dataset) -> str:
-    """Of the tokenized training rows in order: data, tokenizer, chat template, max_length, seed."""
-    import numpy as np
-
-    digest = hashlib.sha256()
-    for ids, labels in zip(rows["input_ids"], rows["labels"]):
-        digest.update(np.asarray(ids, dtype=np.int32).tobytes())
-        digest.update(np.asarray(labels, dtype=np.int32).tobytes())
-        digest.update(b"|")
-    return digest.hexdigest()[:32]
-
-
-def differences(stored: dict, current: dict) -> list[str]:
-    """How a stored fingerprint differs from this run's, in words."""
-    both_weights = stored.get("teacher_weights") and current.get("teacher_weights")
-    # A local teacher's path may differ between machines; its weights are what count.
-    keys = [k for k in current if k not in ("teacher", "teacher_weights")]
-    keys.insert(0, "teacher_weights" if both_weights else "teacher")
-    names = {"teacher_weights": "the teacher's weights", "rows": "the tokenized training rows (data, "
-             "max_samples, seed, eval_fraction or chat template)", "tokenizer": "the tokenizer"}
-    found = []
-    for key in keys:
-        if stored.get(key) != current.get(key):
-            if key in ("rows", "tokenizer", "teacher_weights"):
-                found.append(f"{names[key]} differ")
-            else:
-                found.append(f"{key}: cache {stored.get(key)!r}, this run {current.get(key)!r}")
-    return found
 
 
 # ---- the directory ----------------------------------------------------------------------------
@@ -193,11 +117,11 @@ def stands_in_for_teacher(cfg: RunConfig) -> bool:
     return is_complete(cfg) and sources.check_model(cfg.teacher) is not None
 
 
-def stored_vocab_size(cfg: RunConfig) -> int:
+def stored_vocabsize_text(cfg: RunConfig) -> int:
     return read_manifest(Path(cfg.teacher_cache))["fingerprint"]["vocab_size"]
 
 
-def _check_directory(directory: Path, current: dict) -> dict | None:
+def check_directory(directory: Path, current: dict) -> dict | None:
     """The matching manifest, None for a new cache; refuses (or, with consent, clears) a mismatch."""
     manifest = read_manifest(directory)
     if manifest is None:
@@ -209,6 +133,8 @@ def _check_directory(directory: Path, current: dict) -> dict | None:
     if current["teacher_weights"] is None:
         ui.info(f"the teacher {current['teacher']} is not on this machine: the cache is trusted to hold its "
                 "outputs (its tokenizer, rows and settings are checked)")
+    from finetuner.teachers.topk_fingerprint import differences
+
     problems = differences(stored, current)
     if not problems:
         return manifest
@@ -223,7 +149,7 @@ def _check_directory(directory: Path, current: dict) -> dict | None:
     raise ui.UserError(message, hint="choose another teacher_cache directory, or delete this one to rebuild it")
 
 
-def _write_manifest(directory: Path, current: dict, rows: datasets.Dataset) -> dict:
+def write_manifest(directory: Path, current: dict, rows: datasets.Dataset) -> dict:
     manifest = {"format": FORMAT, "fingerprint": current, "rows": len(rows), "rows_per_shard": ROWS_PER_SHARD,
                 "shards": math.ceil(len(rows) / ROWS_PER_SHARD), "counted_tokens": counted_tokens(rows),
                 "bytes_per_token": bytes_per_token(current["top_k"]),
@@ -243,88 +169,6 @@ def counted_tokens(rows: datasets.Dataset) -> int:
 
 def with_row_index(rows: datasets.Dataset) -> datasets.Dataset:
     return rows.add_column(ROW_INDEX, list(range(len(rows))))
-
-
-# ---- building ---------------------------------------------------------------------------------
-
-def ensure(cfg: RunConfig, rows: datasets.Dataset, tokenizer, vocab_size: int,
-           load_teacher: Callable[[], object]) -> "TopKCache":
-    """The cache for these rows: checked against this run, completed if it is not (loading the
-    teacher only then), and opened for reading."""
-    directory = Path(cfg.teacher_cache).expanduser()
-    current = fingerprint(cfg, tokenizer, rows, vocab_size)
-    manifest = _check_directory(directory, current) or _write_manifest(directory, current, rows)
-    missing = [i for i in range(manifest["shards"]) if not (directory / shard_name(i)).is_file()]
-    size = manifest["counted_tokens"] * manifest["bytes_per_token"]
-    if not missing:
-        ui.success(f"Teacher cache complete in {directory} ({manifest['counted_tokens']:,} tokens, {_size(size)}): "
-                   "the teacher is not loaded")
-        return TopKCache(directory)
-    _check_space(directory, size * len(missing) / manifest["shards"])
-    done = manifest["shards"] - len(missing)
-    ui.step(f"Caching the teacher's top-{cfg.teacher_top_k} for {manifest['counted_tokens']:,} tokens in "
-            f"{directory} ({_size(size)})" + (f"; resuming: {done} of {manifest['shards']} shards done" if done else ""))
-    teacher = load_teacher()
-    started, report_every = time.perf_counter(), max(1, len(missing) // 10)
-    for number, index in enumerate(missing, start=1):
-        _build_shard(teacher, rows, index, manifest["rows_per_shard"], directory, cfg, tokenizer, vocab_size)
-        if number % report_every == 0 or number == len(missing):
-            ui.info(f"{done + number} of {manifest['shards']} shards written "
-                    f"({number / (time.perf_counter() - started):.2f} shards/s)")
-    return TopKCache(directory)
-
-
-def _check_space(directory: Path, needed: float) -> None:
-    from finetuner.disk import free_bytes
-
-    free = free_bytes(directory)
-    if needed > free:
-        raise ui.UserError(f"not enough disk space for the teacher cache in {directory}: about {_size(needed)} "
-                           f"needed, {_size(free)} free",
-                           hint="free some space, choose a teacher_cache on a larger disk, or lower teacher_top_k")
-
-
-def _build_shard(teacher, rows: datasets.Dataset, index: int, rows_per_shard: int, directory: Path,
-                 cfg: RunConfig, tokenizer, vocab_size: int) -> None:
-    import torch
-    from safetensors.torch import save_file
-
-    from finetuner.data import make_collator
-    from finetuner.losses import select_targets
-    from finetuner.objectives.topk import teacher_topk
-
-    first = index * rows_per_shard
-    shard = rows.select(range(first, min(first + rows_per_shard, len(rows))))
-    collate = make_collator(tokenizer)
-    head, decoder = teacher.get_output_embeddings(), teacher.get_decoder()
-    device = head.weight.device
-    # Rows sorted by length waste less padding; results go back to training order below.
-    columns = {name: shard[name] for name in ("input_ids", "attention_mask", "labels")}
-    order = sorted(range(len(shard)), key=lambda i: len(columns["input_ids"][i]))
-    per_row: dict[int, tuple] = {}
-    with torch.inference_mode():
-        for start in range(0, len(order), cfg.batch_size):
-            members = order[start:start + cfg.batch_size]
-            batch = collate([{name: column[i] for name, column in columns.items()} for i in members])
-            hidden = decoder(input_ids=batch["input_ids"].to(device),
-                             attention_mask=batch["attention_mask"].to(device)).last_hidden_state
-            mask, _ = select_targets(batch["labels"].to(device))
-            counted = hidden[:, :-1][mask]
-            parts = [teacher_topk(head(counted[s:s + 1024])[:, :vocab_size], cfg.teacher_top_k, cfg.temperature)
-                     for s in range(0, max(len(counted), 1), 1024)]
-            logprobs, ids, tail = (torch.cat(column) for column in zip(*parts))
-            for member, piece in zip(members, mask.sum(1).tolist()):
-                per_row[member] = (logprobs[:piece], ids[:piece], tail[:piece])
-                logprobs, ids, tail = logprobs[piece:], ids[piece:], tail[piece:]
-    ordered = [per_row[i] for i in range(len(shard))]
-    counts = torch.tensor([len(entry[0]) for entry in ordered])
-    tensors = {"logprobs": torch.cat([e[0] for e in ordered]).to(torch.float16).cpu(),
-               "ids": torch.cat([e[1] for e in ordered]).to(torch.int32).cpu(),
-               "tail": torch.cat([e[2] for e in ordered]).float().cpu(),
-               "offsets": torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])}
-    staging = directory / (shard_name(index) + ".tmp")
-    save_file(tensors, str(staging), metadata={"first_row": str(first), "rows": str(len(shard))})
-    os.replace(staging, directory / shard_name(index))  # atomic: a kill leaves no half shard
 
 
 # ---- reading ----------------------------------------------------------------------------------
@@ -364,11 +208,11 @@ class TopKCache:
             self._shards[index] = _Shard(handle, offsets)
         return self._shards[index]
 
-    def entries(self, row_indices: list[int], counts: list[int]) -> TeacherEntries:
+    def entries(self, row_indices: list[int], counts: list[int]) -> TopKEntries:
         """The cached entries for these rows, concatenated in batch order (as `select_targets` reads)."""
         import torch
 
-        from finetuner.objectives.topk import TeacherEntries
+        from finetuner.objectives.topk import TopKEntries
 
         parts = []
         for row, count in zip(row_indices, counts):
@@ -384,10 +228,10 @@ class TopKCache:
                           shard.handle.get_slice("ids")[start:stop], shard.handle.get_slice("tail")[start:stop]])
         if not parts:
             k = min(self.manifest["fingerprint"]["top_k"], self.manifest["fingerprint"]["vocab_size"])
-            return TeacherEntries(torch.zeros(0, k), torch.zeros(0, k, dtype=torch.int32), torch.zeros(0))
-        return TeacherEntries(*(torch.cat(column) for column in zip(*parts)))
+            return TopKEntries(torch.zeros(0, k), torch.zeros(0, k, dtype=torch.int32), torch.zeros(0))
+        return TopKEntries(*(torch.cat(column) for column in zip(*parts)))
 
-    def entries_for_batch(self, row_index: Tensor, labels: Tensor) -> TeacherEntries:
+    def entries_for_batch(self, row_index: Tensor, labels: Tensor) -> TopKEntries:
         counts = (labels[:, 1:] != -100).sum(1).tolist()
         return self.entries(row_index.tolist(), counts)
 

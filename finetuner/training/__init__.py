@@ -37,7 +37,7 @@ def build(cfg: RunConfig, recipe: Recipe, prepared=None, written=None, kept_laye
     from finetuner import disk, logits
     from finetuner.data import make_collator
     from finetuner.training import arguments, loop, student
-    from finetuner.training.teacher import open_signal, shared_tokenizer
+    from finetuner.teachers.signal import open_signal, shared_tokenizer
 
     out = Path(cfg.output_dir)
     set_seed(cfg.seed)  # before the adapter exists: LoRA's A matrices start random
@@ -117,7 +117,7 @@ def prepare_data(cfg: RunConfig, tokenizer, prepared=None, written=None, write_h
 def build_teacher_cache(cfg: RunConfig, recipe: Recipe, prepared=None, written=None) -> Path:
     """--cache-teacher: fill `teacher_cache` for this run's rows and stop."""
     from finetuner import ui
-    from finetuner.training.teacher import open_signal, shared_tokenizer
+    from finetuner.teachers.signal import open_signal, shared_tokenizer
 
     if recipe.signal != "cache":
         raise ui.UserError("--cache-teacher needs approach distillation with a local teacher's logits "

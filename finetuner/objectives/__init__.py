@@ -6,20 +6,17 @@ distillation (the student writes, the teacher grades), hidden-state matching.
 
 from __future__ import annotations
 
-from pathlib import Path
 
-
-def trainer_settings(cfg, student, teacher, tokenizer, out_dir: Path) -> dict:
+def trainer_settings(cfg, student, teacher, tokenizer, kept_layers: list[int] | None) -> dict:
     """DistillationTrainer's objective arguments for a RunConfig: the hidden-state term (with its
     layer map and projection) and the on-policy sampler, each only when switched on. (The divergence
     belongs to the teacher's signal: `finetuner.teachers.signal`.)"""
     settings = {}
     if cfg.hidden_state_weight > 0:
-        from finetuner import artifacts
         from finetuner.objectives import hidden_states
 
-        kept = artifacts.read_student_layers(out_dir) if cfg.student_layers is not None else None
-        settings["hidden"] = hidden_states.build(cfg.hidden_state_layers, cfg.hidden_state_loss, student, teacher, kept)
+        settings["hidden"] = hidden_states.build(cfg.hidden_state_layers, cfg.hidden_state_loss, student, teacher,
+                                                 kept_layers)
         settings["hidden_weight"] = cfg.hidden_state_weight
     if cfg.on_policy_fraction > 0:
         from finetuner.objectives.on_policy import OnPolicySampler

@@ -2,8 +2,11 @@
 at the layer pairs of `finetuner.objectives.layer_map`.
 
 When the widths differ, a learned linear projection (student width -> teacher width, one per pair)
-trains with the student. It lives beside the model, in the optimizer only, so `save_pretrained`
-never writes it: the saved student is a plain model of its own architecture.
+trains with the student. While training it is registered inside the student (`attach`), so what
+trains the student trains it the same way: DDP all-reduces its gradients across processes, the
+Trainer clips them with the student's, and checkpoints hold it (`ProjectionCheckpoint` for adapter
+checkpoints, which hold only the adapter). It is removed before the final save (`TRAINING_ONLY`),
+so the saved student is a plain model of its own architecture.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from finetuner.objectives.layer_map import LayerPairs, layer_map
+
+TRAINING_ONLY = "hidden_state_projection"  # the submodule name inside the student while it trains
+CHECKPOINT_FILE = "hidden_state_projection.pt"
 
 
 class HiddenStateLoss(nn.Module):
@@ -59,3 +65,44 @@ def build(spec: str, kind: str, student, teacher, kept: list[int] | None) -> Hid
     module = HiddenStateLoss(pairs, student.config.hidden_size, teacher.config.hidden_size, kind)
     return module.to(device=next(student.parameters()).device, dtype=torch.float32)
 
+
+def attach(student, loss: HiddenStateLoss) -> None:
+    """Register `loss` (its projections) in the transformers model inside `student`'s wrappers, before
+    the Trainer builds its optimizer and wraps the model for DDP."""
+    from finetuner.logits import unwrapped
+
+    unwrapped(student).add_module(TRAINING_ONLY, loss)
+
+
+def detach(student) -> None:
+    """Remove what `attach` registered (before the final save)."""
+    from finetuner.logits import unwrapped
+
+    inner = unwrapped(student)
+    if hasattr(inner, TRAINING_ONLY):
+        delattr(inner, TRAINING_ONLY)
+
+
+def restore(loss: HiddenStateLoss, checkpoint: str | None) -> None:
+    """On --resume: the projection as the checkpoint left it."""
+    from pathlib import Path
+
+    path = Path(checkpoint) / CHECKPOINT_FILE if checkpoint else None
+    if path is not None and path.is_file():
+        loss.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def checkpoint_callback(loss: HiddenStateLoss):
+    """A TrainerCallback that writes the projection into each checkpoint (the main process only)."""
+    from pathlib import Path
+
+    from transformers import TrainerCallback
+
+    class ProjectionCheckpoint(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                folder.mkdir(parents=True, exist_ok=True)
+                torch.save(loss.state_dict(), folder / CHECKPOINT_FILE)
+
+    return ProjectionCheckpoint()

@@ -36,6 +36,7 @@ def build(cfg: RunConfig, recipe: Recipe, prepared=None, written=None, kept_laye
 
     from finetuner import disk, logits
     from finetuner.data import make_collator
+    from finetuner.objectives import hidden_states
     from finetuner.training import arguments, loop, student
     from finetuner.teachers.signal import open_signal, shared_tokenizer
 
@@ -56,21 +57,23 @@ def build(cfg: RunConfig, recipe: Recipe, prepared=None, written=None, kept_laye
     # Built first: under a launcher, args.device joins the process group and makes this process's
     # GPU (cuda:LOCAL_RANK) the current one, so no rank loads its teacher onto cuda:0.
     args = arguments.training_arguments(cfg, out)
-    model = student.build(recipe, data.train, collate, out, kept_layers)
+    model, kept_layers = student.build(recipe, data.train, collate, out, kept_layers)
     if recipe.signal != "none":
         logits.check(model, "student")  # its head's logits must be the model's own
     if recipe.signal == "live":
         signal = open_signal(cfg, recipe, data.train, tokenizer, vocab_size, written, device=args.device,
                              student=model)
     model = student.adapt(model, recipe, cfg, recipe.steps(len(data.train)))
-    trainer = _trainer(cfg, recipe, model, signal, args, data, collate, tokenizer, out)
+    trainer = _trainer(cfg, recipe, model, signal, args, data, collate, tokenizer, kept_layers, checkpoint)
     saving = loop.Saving(out, adapter=recipe.adapter is not None, merges=recipe.merges,
                          quantized_base=recipe.trained if recipe.quantization else None,
-                         report_to=cfg.report_to, answers=cfg.to_answers())
+                         report_to=cfg.report_to, answers=cfg.to_answers(),
+                         training_only=(hidden_states.TRAINING_ONLY,))
     return trainer, tokenizer, checkpoint, saving
 
 
-def _trainer(cfg: RunConfig, recipe: Recipe, model, signal, args, data, collate, tokenizer, out: Path):
+def _trainer(cfg: RunConfig, recipe: Recipe, model, signal, args, data, collate, tokenizer, kept_layers,
+             checkpoint: str | None):
     from transformers import Trainer
 
     from finetuner.training.arguments import callbacks
@@ -80,12 +83,16 @@ def _trainer(cfg: RunConfig, recipe: Recipe, model, signal, args, data, collate,
                   callbacks=callbacks(recipe.adapter, cfg.early_stopping_patience))
     if signal is None:
         return Trainer(train_dataset=data.train, **common)
-    from finetuner.objectives import trainer_settings
+    from finetuner.objectives import hidden_states, trainer_settings
     from finetuner.training.distill_trainer import DistillationTrainer
 
-    teacher_model = getattr(signal, "model", None)
+    settings = trainer_settings(cfg, model, getattr(signal, "model", None), tokenizer, kept_layers)
+    if settings.get("hidden") is not None and settings["hidden"].projections is not None:
+        hidden_states.attach(model, settings["hidden"])  # trained, synchronised and clipped as the student is
+        hidden_states.restore(settings["hidden"], checkpoint)
+        common["callbacks"].append(hidden_states.checkpoint_callback(settings["hidden"]))
     return DistillationTrainer(train_dataset=signal.rows(data.train), teacher=signal, alpha=cfg.alpha,
-                               **trainer_settings(cfg, model, teacher_model, tokenizer, out), **common)
+                               **settings, **common)
 
 
 def check_quantization(recipe: Recipe) -> None:

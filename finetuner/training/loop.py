@@ -35,6 +35,7 @@ class Saving:
     quantized_base: str | None  # the base's name when it trained quantised: merge into its full-precision copy
     report_to: str
     answers: dict  # the run's answers, written into the training log
+    training_only: tuple[str, ...] = ()  # submodules removed before the final save
 
 
 def checkpoint_to_resume(out: Path, resume: bool, teacher_writes: bool) -> str | None:
@@ -125,7 +126,13 @@ def run(trainer: Trainer, tokenizer, checkpoint: str | None, saving: Saving) -> 
 
 
 def save(model, tokenizer, saving: Saving) -> Path:
+    from finetuner.logits import unwrapped
+
     save_prompt_format(tokenizer)  # a model without a chat template keeps the format it learned
+    inner = unwrapped(model)
+    for name in saving.training_only:
+        if hasattr(inner, name):
+            delattr(inner, name)
     model_dir = saving.out / artifacts.MODEL_DIR
     if not saving.adapter:
         model.save_pretrained(model_dir)

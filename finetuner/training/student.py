@@ -11,16 +11,15 @@ CALIBRATION_ROWS = 8  # training rows that pick a derived student's layers
 
 
 def build(recipe: Recipe, train_rows, collate, out: Path, kept_layers: list[int] | None = None):
-    """The trained model's weights: loaded as they are, quantised, or derived from the teacher's layers."""
+    """The trained model's weights (loaded as they are, quantised, or derived from the teacher's
+    layers), and a derived student's kept layers (None otherwise)."""
     if recipe.quantization:
         ui.step(f"Loading {recipe.trained} ({recipe.quantization})")
-        model = models.load_model(recipe.trained, quantization=recipe.quantization)
-    elif recipe.derived_layers is None:
+        return models.load_model(recipe.trained, quantization=recipe.quantization), None
+    if recipe.derived_layers is None:
         ui.step(f"Loading {recipe.trained}")
-        model = models.load_model(recipe.trained)
-    else:
-        model = derive(recipe.trained, recipe.derived_layers, train_rows, collate, out, kept_layers)
-    return model
+        return models.load_model(recipe.trained), None
+    return derive(recipe.trained, recipe.derived_layers, train_rows, collate, out, kept_layers)
 
 
 def adapt(model, recipe: Recipe, adapter_settings, total_steps: int):
@@ -36,7 +35,7 @@ def adapt(model, recipe: Recipe, adapter_settings, total_steps: int):
 
 
 def derive(name: str, layers: int, train_rows, collate, out: Path, kept_layers: list[int] | None):
-    """A student keeping `layers` of `name`'s decoder layers: `kept_layers` when another run already
+    """(model, kept): a student keeping `layers` of `name`'s decoder layers: `kept_layers` when another run already
     chose them (the SFT baseline), else the best block-drop on a few training rows."""
     ui.step(f"Deriving the student: {layers} layers of {name}")
     base = models.load_model(name)
@@ -44,7 +43,7 @@ def derive(name: str, layers: int, train_rows, collate, out: Path, kept_layers: 
         ui.info(f"keeping layers {kept_layers}, as the distilled student did")
         artifacts.write_json(out / artifacts.STUDENT_LAYERS_FILE,
                              {"kept": kept_layers, "of": base.config.num_hidden_layers})
-        return models.derive_student(base, layers, kept_layers)
+        return models.derive_student(base, layers, kept_layers), kept_layers
     rows = train_rows.select(range(min(CALIBRATION_ROWS, len(train_rows))))
     batch = collate(list(rows))
     kept, loss = models.choose_student_layers(base, layers, dict(batch))
@@ -53,4 +52,4 @@ def derive(name: str, layers: int, train_rows, collate, out: Path, kept_layers: 
     if distributed.is_main_process():  # every rank computes the same choice from the same rows
         artifacts.write_json(out / artifacts.STUDENT_LAYERS_FILE,
                              {"kept": kept, "of": base.config.num_hidden_layers, "calibration_loss": loss})
-    return models.derive_student(base, layers, kept)
+    return models.derive_student(base, layers, kept), kept

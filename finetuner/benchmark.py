@@ -78,58 +78,34 @@ def generate(model, tokenizer, prompts: list[str | list[dict]], max_new_tokens: 
     stops. Counting only answer tokens would make a model that stops early in some rows of a batch
     look slower, though each step costs it the same.
     """
-    import torch
+    from finetuner import generation
 
     model.eval()
-    saved = tokenizer.padding_side, tokenizer.pad_token
-    # Decoder-only models continue from the last position, so padding must go on the left;
-    # right padding would make short prompts continue after pad tokens.
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    stop_ids = _stop_ids(model, tokenizer)
+    stops, pad = generation.stop_ids(model, tokenizer), generation.pad_id(tokenizer)
     answers: list[str] = []
     generated = decoded = 0
     start = time.perf_counter()
-    try:
-        for i in range(0, len(prompts), batch_size):
-            # A chat row's prompt is its whole history, rendered exactly as in training.
-            texts = [render_messages_prompt(tokenizer, p) if isinstance(p, list) else render_prompt(tokenizer, p)
-                     for p in prompts[i:i + batch_size]]
-            # The same ids training put before each response, padded on the left.
-            batch = tokenizer.pad({"input_ids": encode_prompt(tokenizer, texts)}, padding=True,
-                                  return_tensors="pt").to(model.device)
-            with torch.inference_mode():
-                output = model.generate(**batch, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-                                        do_sample=False,
-                                        temperature=None, top_p=None, top_k=None,
-                                        pad_token_id=tokenizer.pad_token_id)
-            new_tokens = output[:, batch["input_ids"].shape[1]:]
-            generated += sum(_answer_length(row, stop_ids) for row in new_tokens.tolist())
-            decoded += new_tokens.numel()
-            answers += [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-    finally:
-        tokenizer.padding_side, tokenizer.pad_token = saved
+    for i in range(0, len(prompts), batch_size):
+        # A chat row's prompt is its whole history, rendered exactly as in training.
+        texts = [render_messages_prompt(tokenizer, p) if isinstance(p, list) else render_prompt(tokenizer, p)
+                 for p in prompts[i:i + batch_size]]
+        # The same ids training put before each response.
+        new_tokens = generation.generate(model, encode_prompt(tokenizer, texts), max_new_tokens, pad,
+                                         min_new_tokens=min_new_tokens)
+        generated += sum(_answer_length(row, stops) for row in new_tokens.tolist())
+        decoded += new_tokens.numel()
+        answers += [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
     seconds = time.perf_counter() - start
     return answers, {"generated_tokens": generated, "decoded_tokens": decoded, "seconds": round(seconds, 3),
                      "tokens_per_s": round(decoded / seconds, 2) if seconds > 0 else 0.0}
 
 
-def _stop_ids(model, tokenizer) -> set[int]:
-    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return ids
+def _answer_length(tokens: list[int], stops: set[int]) -> int:
+    """Tokens the model actually produced: up to and including its first stop token."""
+    from finetuner.generation import stop_position
 
-
-def _answer_length(tokens: list[int], stop_ids: set[int]) -> int:
-    """Tokens the model actually produced: up to and including its first stop token.
-    What follows is padding added because other rows of the batch were still going."""
-    for position, token in enumerate(tokens):
-        if token in stop_ids:
-            return position + 1
-    return len(tokens)
+    position = stop_position(tokens, stops)
+    return len(tokens) if position is None else position + 1
 
 
 def perplexity(model, tokenizer, heldout: list[dict], max_length: int, batch_size: int = 8) -> float:

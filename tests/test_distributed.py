@@ -160,7 +160,7 @@ def test_torchrun_trains_the_sft_baseline_on_every_rank_then_benchmarks_once(tmp
     """The baseline is trained like the student, by both ranks in step; then the ranks part and the main
     process benchmarks alone (before, rank 1 left after the student and rank 0's baseline lost its peer)."""
     from finetuner import artifacts
-    from finetuner.benchmark import REPORT_FILE
+    from finetuner.benchmark.comparison import REPORT_FILE
 
     torchrun(distill_answers(tmp_path, "out", tiny_llama, tiny_llama_small, qa_file, 2, max_steps=2, sft_baseline=True,
                              benchmark=True, benchmark_samples=2, max_new_tokens=4), tmp_path / "trace")

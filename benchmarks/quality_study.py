@@ -51,7 +51,7 @@ from finetuner.config import BUILTIN_MODEL, RunConfig, coerce  # noqa: E402
 from finetuner.wizard import parse_overrides  # noqa: E402
 from finetuner.data import encode_prompt, load_rows  # noqa: E402
 from finetuner.formatting import render_prompt  # noqa: E402
-from finetuner.teachers.cache import CACHE_FILE as GENERATION_CACHE  # noqa: E402
+from finetuner.teachers.response_cache import CACHE_FILE as GENERATION_CACHE  # noqa: E402
 from finetuner.trainer import LLMFineTuner  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"

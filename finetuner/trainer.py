@@ -257,7 +257,7 @@ class LLMFineTuner:
                  kept_layers: list[int] | None = None):
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
-        self.teacher_data = teacher_data  # teachers.generate.TeacherData when the teacher wrote the responses
+        self.teacher_data = teacher_data  # teachers.generate.WrittenResponses when the teacher wrote the responses
         self.prepared = prepared  # the data the plan's checks already prepared, if any
         self.kept_layers = kept_layers  # a derived student's layers, when they are already chosen
 

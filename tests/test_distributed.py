@@ -141,7 +141,7 @@ def test_torchrun_responses_mode_asks_the_teacher_once(tmp_path, tiny_gpt2, tiny
     path = tmp_path / "answers.yaml"
     path.write_text(yaml.safe_dump(answers))
     run = torchrun(path, tmp_path / "trace")
-    from finetuner.teachers.cache import CACHE_FILE
+    from finetuner.teachers.response_cache import CACHE_FILE
 
     requests = [json.loads(line) for line in (tmp_path / "out" / CACHE_FILE).read_text().splitlines()]
     assert len(requests) == 12  # 10 training + 2 held-out prompts, each asked once

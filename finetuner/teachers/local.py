@@ -11,7 +11,7 @@ from typing import Callable
 
 from finetuner import models, ui
 from finetuner.config import RunConfig
-from finetuner.teachers.cache import Reply, Request
+from finetuner.teachers.response_cache import Reply, Request
 
 
 class LocalTeacher:

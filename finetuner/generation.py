@@ -1,8 +1,8 @@
 """The one batched generate: prompts as token ids in, each row's new tokens out.
 
 Rows are padded on the left: a decoder continues from the last position, so right padding would make
-a short prompt continue after pad tokens. The benchmark, the local teacher and on-policy sampling all
-come through here, so they agree on padding, stop tokens and decoding options.
+a short prompt continue after pad tokens. The benchmark, the local teacher, on-policy sampling and the
+chat all come through here, so they agree on padding, stop tokens and decoding options.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def stop_position(tokens: list[int], stops: set[int] | list[int]) -> int | None:
 def generate(model, prompts: list[list[int]], max_new_tokens: int, pad: int, *,
              temperature: float = 0.0, top_p: float | None = None, top_k: int | None = None,
              min_new_tokens: int | None = None, eos_ids: list[int] | None = None,
-             shipped_settings: bool = True, inference_only: bool = True, device=None):
+             shipped_settings: bool = True, inference_only: bool = True, device=None, streamer=None):
     """One left-padded `model.generate` call; returns the new tokens, [rows, new] on `device`.
 
     temperature 0 decodes greedily; above 0 it samples (with top_p / top_k when given). eos_ids
@@ -42,7 +42,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, pad: int, *,
     generation_config ships with (repetition_penalty, no_repeat_ngram_size, top_k, ...) out, so
     the tokens come from the model's own distribution. inference_only=False for a model that
     trains on afterwards: what inference_mode creates (buffers a model builds lazily, too) cannot
-    take part in backward.
+    take part in backward. streamer (transformers' TextStreamer) prints tokens as they come.
     """
     import torch
 
@@ -53,7 +53,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, pad: int, *,
     options = _options(max_new_tokens, pad, temperature, top_p, top_k, min_new_tokens, eos_ids)
     settings = nullcontext() if shipped_settings else _only(model, options)
     with settings, (torch.inference_mode() if inference_only else torch.no_grad()):
-        output = model.generate(input_ids=input_ids, attention_mask=attention, **options)
+        output = model.generate(input_ids=input_ids, attention_mask=attention, streamer=streamer, **options)
     return output[:, width:]
 
 

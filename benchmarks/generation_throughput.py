@@ -41,7 +41,7 @@ def gsm8k_prompts(count: int) -> list[str]:
 
 
 def requests_for(prompts):
-    from finetuner.teachers.cache import Request
+    from finetuner.teachers.response_cache import Request
 
     return [Request("answer", p, (("user", p),)) for p in prompts]
 

@@ -44,13 +44,14 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from finetuner import artifacts, benchmark, models, ui  # noqa: E402
+from finetuner import artifacts, models, ui  # noqa: E402
+from finetuner.benchmark import measure, scores  # noqa: E402
+from finetuner.benchmark.scores import loop_rate  # noqa: E402
 from finetuner.config import BUILTIN_MODEL, RunConfig, coerce  # noqa: E402
-from finetuner.metrics import loop_rate  # noqa: E402
 from finetuner.wizard import parse_overrides  # noqa: E402
 from finetuner.data import encode_prompt, load_rows  # noqa: E402
 from finetuner.formatting import render_prompt  # noqa: E402
-from finetuner.teachers.cache import CACHE_FILE as GENERATION_CACHE  # noqa: E402
+from finetuner.teachers.response_cache import CACHE_FILE as GENERATION_CACHE  # noqa: E402
 from finetuner.recipe import Recipe  # noqa: E402
 from finetuner import training  # noqa: E402
 
@@ -192,14 +193,14 @@ def evaluate(label: str, model_dir: Path | str, heldout: list[dict], preset: Pre
     model = models.load_model(str(model_dir), for_training=False)
     tokenizer = models.load_tokenizer(str(model_dir))
     answered = heldout[:preset.generate_rows]
-    result, _ = benchmark.evaluate(label, model, tokenizer, answered, preset.max_new_tokens, model_dir,
+    result, _ = measure.evaluate(label, model, tokenizer, answered, preset.max_new_tokens, model_dir,
                                    batch_size=16, max_length=preset.max_length)
     generations = [s["generation"] for s in result.samples]
     row = {"label": label, "model_dir": str(model_dir), "parameters": result.parameters,
            "size_on_disk_mb": result.size_on_disk_mb, "rouge": result.rouge,
            "accuracy": round(accuracy(generations, [r["reference"] for r in answered]), 4),
            "answered_with_final": sum(final_answer(g) is not None for g in generations),
-           "perplexity": round(benchmark.perplexity(model, tokenizer, heldout, preset.max_length), 3),
+           "perplexity": round(scores.perplexity(model, tokenizer, heldout, preset.max_length), 3),
            "loop_rate": round(loop_rate(generations), 4),
            "batched_tokens_per_s": result.tokens_per_s, "generations": generations, "samples": result.samples[:3]}
     ui.info(f"{label}: ROUGE-L {row['rouge']['rougeL']:.4f}, perplexity {row['perplexity']:.2f}, "
@@ -226,7 +227,7 @@ def teacher_generations(rows: list[dict], work: Path, teacher_dir: Path, heldout
 def add_fidelity(rows: list[dict], teacher: list[str]) -> None:
     """ROUGE-L of each model's answers against the fine-tuned teacher's answers."""
     for row in rows:
-        row["fidelity_rougeL"] = round(benchmark.rouge(row["generations"], teacher)["rougeL"], 4)
+        row["fidelity_rougeL"] = round(scores.rouge(row["generations"], teacher)["rougeL"], 4)
 
 
 def decode_speed(rows: list[dict], heldout: list[dict], preset: Preset) -> None:
@@ -287,7 +288,7 @@ def show(rows: list[dict], teacher: str) -> None:
         table.add_column(name, justify="left" if name == "model" else "right")
     for r in rows:
         table.add_row(r["label"], f"{r['parameters'] / 1e6:.1f}M", f"{r['size_on_disk_mb']:.0f}",
-                      *(f"{r['rouge'][m]:.4f}" for m in benchmark.METRICS), f"{r['perplexity']:.2f}",
+                      *(f"{r['rouge'][m]:.4f}" for m in scores.METRICS), f"{r['perplexity']:.2f}",
                       f"{r['accuracy']:.3f}", f"{r['loop_rate']:.0%}", f"{r['fidelity_rougeL']:.3f}",
                       f"{r['tokens_per_s']:.1f}",
                       f"{r['rouge']['rougeL'] / t['rouge']['rougeL']:.0%}" if t["rouge"]["rougeL"] else "-",
@@ -303,7 +304,7 @@ def markdown(rows: list[dict], teacher: str) -> str:
     for r in rows:
         retained = f"{r['rouge']['rougeL'] / t['rouge']['rougeL']:.0%}" if t["rouge"]["rougeL"] else "-"
         lines.append(f"| {r['label']} | {r['parameters'] / 1e6:.1f}M | {r['size_on_disk_mb']:.0f} MB | "
-                     + " | ".join(f"{r['rouge'][m]:.3f}" for m in benchmark.METRICS)
+                     + " | ".join(f"{r['rouge'][m]:.3f}" for m in scores.METRICS)
                      + f" | {r['perplexity']:.2f} | {r['accuracy']:.1%} | {r['loop_rate']:.0%} | "
                        f"{r['fidelity_rougeL']:.3f} | {r['tokens_per_s']:.1f} | {retained} | "
                        f"{r['tokens_per_s'] / t['tokens_per_s']:.2f}x |")

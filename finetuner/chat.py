@@ -16,35 +16,30 @@ HELP = ("Type a message; /reset forgets the conversation, /exit (or Ctrl-D) quit
         "Answers stop after max_new_tokens (--set max_new_tokens=N).")
 
 
-def _encode(tokenizer, messages: list[dict]):
-    import torch
-
+def _encode(tokenizer, messages: list[dict]) -> list[int]:
     from finetuner.data import encode_prompt
     from finetuner.formatting import render_messages_prompt
 
-    ids = encode_prompt(tokenizer, [render_messages_prompt(tokenizer, messages)])[0]
-    return torch.tensor([ids])
+    return encode_prompt(tokenizer, [render_messages_prompt(tokenizer, messages)])[0]
 
 
 def reply(model, tokenizer, messages: list[dict], stream: bool, max_new_tokens: int) -> str:
     """The model's answer to the conversation so far (greedy), printed as it is generated when `stream`."""
-    import torch
     from transformers import TextStreamer
 
-    input_ids = _encode(tokenizer, messages).to(model.device)
+    from finetuner import generation
+
+    ids = _encode(tokenizer, messages)
     config = model.config
     limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     if limit:
-        max_new_tokens = min(max_new_tokens, limit - input_ids.shape[1])
+        max_new_tokens = min(max_new_tokens, limit - len(ids))
     if max_new_tokens < 1:
         ui.warning("the conversation is longer than the model's context; /reset to start again")
         return ""
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
-    with torch.inference_mode():
-        output = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
-                                top_k=None, pad_token_id=tokenizer.pad_token_id, streamer=streamer)
-    return tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True).strip()
+    new_tokens = generation.generate(model, [ids], max_new_tokens, generation.pad_id(tokenizer), streamer=streamer)
+    return tokenizer.decode(new_tokens[0], skip_special_tokens=True).strip()
 
 
 def _saved_tokenizer(folder: Path):

@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from finetuner import artifacts, models, ui
-from finetuner.benchmark import SFT_BASELINE, read_heldout, run_benchmark, teacher_answers
+from finetuner.benchmark.comparison import SFT_BASELINE
+from finetuner.benchmark.run import read_heldout, run_benchmark, teacher_answers
 from finetuner.config import RunConfig
 
 

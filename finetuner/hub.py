@@ -11,7 +11,7 @@ import os
 import shlex
 from pathlib import Path
 
-from finetuner import benchmark
+from finetuner.benchmark import comparison, scores, tables
 from finetuner.config import applies
 from finetuner.sources import BUILTIN_DATASETS, BUILTIN_MODELS, dataset_kind, model_kind
 from finetuner.ui import UserError
@@ -65,7 +65,7 @@ def write_model_card(cfg, out_dir: str | Path) -> Path:
     """Write OUT/README.md from the answers and OUT/benchmark.json (when benchmarked)."""
     out = Path(out_dir)
     path = out / CARD_FILE
-    path.write_text(model_card(cfg, benchmark.load(out), adapter=not _model_dir(out)), encoding="utf-8")
+    path.write_text(model_card(cfg, comparison.load(out), adapter=not _model_dir(out)), encoding="utf-8")
     return path
 
 
@@ -84,9 +84,9 @@ def _card_data(cfg, report: dict | None, adapter: bool):
                               dataset_type=dataset_id or "custom",
                               dataset_name=f"{dataset_id or 'local data'} (held-out rows)",
                               dataset_split=cfg.dataset_split if dataset_kind(cfg.dataset) == "hub" else None,
-                              metric_type="rouge", metric_name=benchmark.METRIC_NAMES[m],
+                              metric_type="rouge", metric_name=scores.METRIC_NAMES[m],
                               metric_value=final["rouge"][m])
-                   for m in benchmark.METRICS]
+                   for m in scores.METRICS]
     return ModelCardData(
         base_model=base_id, library_name="peft" if adapter else "transformers", license=license_id,
         datasets=[dataset_id] if dataset_id else None, tags=tags, pipeline_tag="text-generation",
@@ -182,9 +182,9 @@ def _benchmark_section(report: dict | None) -> list[str]:
     return ["## Benchmark", "",
             f"ROUGE F1 (with stemming) of greedy answers to {report.get('samples', '?')} held-out prompts "
             f"never seen in training, at most {report.get('max_new_tokens', '?')} new tokens each.", "",
-            _markdown_table(benchmark.QUALITY_HEADERS, benchmark.table_rows(report)), "",
-            *([benchmark.table_note(report) + ".", ""] if benchmark.table_note(report) else []),
-            _markdown_table(benchmark.COST_HEADERS, benchmark.cost_rows(report)), "",
+            _markdown_table(tables.QUALITY_HEADERS, tables.table_rows(report)), "",
+            *([tables.table_note(report) + ".", ""] if tables.table_note(report) else []),
+            _markdown_table(tables.COST_HEADERS, tables.cost_rows(report)), "",
             "Tok/s is decoding throughput at batch 8 on the machine that trained the model.", "",
             *(["### Verdict", "", f"**{verdict['summary']}**", "",
                *(f"- {check['text']}" for check in verdict["checks"]), ""] if verdict else [])]
@@ -249,7 +249,7 @@ def upload_files(out_dir: str | Path) -> list[tuple[Path, str]]:
     files = [(path, path.relative_to(weights).as_posix())
              for path in sorted(weights.rglob("*")) if path.is_file() and _is_model_file(path.relative_to(weights))]
     # The card in OUT replaces any stub a library wrote next to the weights (PEFT writes one).
-    files += [(out / name, name) for name in (ANSWERS_FILE, benchmark.REPORT_FILE, CARD_FILE)
+    files += [(out / name, name) for name in (ANSWERS_FILE, comparison.REPORT_FILE, CARD_FILE)
               if (out / name).is_file()]
     return files
 

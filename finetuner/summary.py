@@ -23,9 +23,9 @@ def model_location(out_dir: Path) -> tuple[Path, bool]:
 
 def verdict_line(out_dir: Path) -> str | None:
     """benchmark.json's one-line verdict (written by the benchmark), else the ROUGE-L change."""
-    from finetuner import benchmark
+    from finetuner.benchmark import comparison
 
-    report = benchmark.load(out_dir)
+    report = comparison.load(out_dir)
     if not report:
         return None
     verdict = report.get("verdict")

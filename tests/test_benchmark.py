@@ -6,8 +6,12 @@ import json
 
 import pytest
 
-from finetuner.benchmark import (ModelResult, compare, evaluate, generate, read_heldout, rouge, run_benchmark,
-                                 save, show)
+from finetuner.benchmark.answers import answer_prompts
+from finetuner.benchmark.comparison import compare, save
+from finetuner.benchmark.measure import ModelResult, evaluate
+from finetuner.benchmark.run import read_heldout, run_benchmark
+from finetuner.benchmark.scores import rouge
+from finetuner.benchmark.tables import show
 from finetuner.config import RunConfig
 from finetuner.ui import UserError
 
@@ -73,7 +77,7 @@ def chatty(tiny_llama):
 
 
 def test_generate_returns_only_the_new_tokens(chatty, tokenizer):
-    answers, stats = generate(chatty, tokenizer, PROMPTS, max_new_tokens=6)
+    answers, stats = answer_prompts(chatty, tokenizer, PROMPTS, max_new_tokens=6)
     assert len(answers) == len(PROMPTS)
     for prompt, answer in zip(PROMPTS, answers):
         assert answer  # the scaled model says something, so the checks below mean something
@@ -85,7 +89,7 @@ def test_generate_returns_only_the_new_tokens(chatty, tokenizer):
 def test_decoding_speed_times_the_same_work_for_a_model_whose_answers_stop_at_once(chatty, tokenizer):
     """A model that ends every answer after one token still decodes the full length when timed, so its
     tokens/s is not its prompts' prefill spread over a handful of tokens."""
-    from finetuner.benchmark import decoding_speed
+    from finetuner.benchmark.cost import decoding_speed
 
     import torch
 
@@ -97,18 +101,18 @@ def test_decoding_speed_times_the_same_work_for_a_model_whose_answers_stop_at_on
         first = int(chatty(input_ids=ids).logits[0, -1].argmax())  # its greedy first token
     stops_at_once = copy.deepcopy(chatty)
     stops_at_once.generation_config.eos_token_id = [tokenizer.eos_token_id, first]
-    _, short = generate(stops_at_once, tokenizer, PROMPTS[:1], max_new_tokens=8)
+    _, short = answer_prompts(stops_at_once, tokenizer, PROMPTS[:1], max_new_tokens=8)
     assert short["generated_tokens"] == 1  # it does stop at once when left alone
-    _, timed = generate(stops_at_once, tokenizer, PROMPTS[:1], max_new_tokens=8, min_new_tokens=8)
+    _, timed = answer_prompts(stops_at_once, tokenizer, PROMPTS[:1], max_new_tokens=8, min_new_tokens=8)
     assert timed["generated_tokens"] == timed["decoded_tokens"] == 8
     assert decoding_speed(stops_at_once, tokenizer, PROMPTS, 8, batch_size=2) > 0
 
 
 def test_left_padding_gives_the_same_answer_alone_and_in_a_batch(chatty, tokenizer):
     side = tokenizer.padding_side
-    alone, _ = generate(chatty, tokenizer, [PROMPTS[0]], max_new_tokens=8)
+    alone, _ = answer_prompts(chatty, tokenizer, [PROMPTS[0]], max_new_tokens=8)
     # PROMPTS[1] is longer, so PROMPTS[0] is padded in this batch
-    batched, _ = generate(chatty, tokenizer, PROMPTS, max_new_tokens=8, batch_size=3)
+    batched, _ = answer_prompts(chatty, tokenizer, PROMPTS, max_new_tokens=8, batch_size=3)
     assert batched[0] == alone[0]
     assert tokenizer.padding_side == side  # restored
 
@@ -166,7 +170,7 @@ def test_run_benchmark_writes_benchmark_json(tmp_path, chatty, tokenizer, tiny_l
 
     # The teacher's own greedy answers are the references, so its ROUGE must come out 1.0
     # and "retained" is the student's score.
-    references, _ = generate(chatty, tokenizer, PROMPTS, max_new_tokens=6)
+    references, _ = answer_prompts(chatty, tokenizer, PROMPTS, max_new_tokens=6)
     rows = [{"prompt": p, "reference": r} for p, r in zip(PROMPTS, references)]
     (tmp_path / "heldout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows * 2))
     cfg = RunConfig(approach="distillation", teacher=str(tiny_llama), student=str(tiny_llama_small),

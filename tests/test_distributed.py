@@ -141,7 +141,7 @@ def test_torchrun_responses_mode_asks_the_teacher_once(tmp_path, tiny_gpt2, tiny
     path = tmp_path / "answers.yaml"
     path.write_text(yaml.safe_dump(answers))
     run = torchrun(path, tmp_path / "trace")
-    from finetuner.teachers.cache import CACHE_FILE
+    from finetuner.teachers.response_cache import CACHE_FILE
 
     requests = [json.loads(line) for line in (tmp_path / "out" / CACHE_FILE).read_text().splitlines()]
     assert len(requests) == 12  # 10 training + 2 held-out prompts, each asked once
@@ -160,7 +160,7 @@ def test_torchrun_trains_the_sft_baseline_on_every_rank_then_benchmarks_once(tmp
     """The baseline is trained like the student, by both ranks in step; then the ranks part and the main
     process benchmarks alone (before, rank 1 left after the student and rank 0's baseline lost its peer)."""
     from finetuner import artifacts
-    from finetuner.benchmark import REPORT_FILE
+    from finetuner.benchmark.comparison import REPORT_FILE
 
     torchrun(distill_answers(tmp_path, "out", tiny_llama, tiny_llama_small, qa_file, 2, max_steps=2, sft_baseline=True,
                              benchmark=True, benchmark_samples=2, max_new_tokens=4), tmp_path / "trace")

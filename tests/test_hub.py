@@ -11,7 +11,8 @@ import yaml
 from hub_server import HubServer
 
 from finetuner import hub
-from finetuner.benchmark import ModelResult, compare, save
+from finetuner.benchmark.comparison import compare, save
+from finetuner.benchmark.measure import ModelResult
 from finetuner.config import RunConfig
 from finetuner.ui import UserError
 

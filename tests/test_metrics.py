@@ -1,6 +1,6 @@
 """Loop detection on hand-made generations."""
 
-from finetuner.metrics import has_loop, loop_rate
+from finetuner.benchmark.scores import has_loop, loop_rate
 
 
 def test_a_repeated_clause_is_a_loop_whatever_its_punctuation():

@@ -15,7 +15,7 @@ from finetuner.data import make_collator
 from finetuner.losses import kd_loss
 from finetuner.objectives.hidden_states import HiddenStateLoss
 from finetuner.objectives.layer_map import describe, layer_map, parse_layer_pairs
-from finetuner.objectives.on_policy import OnPolicySampler, prompt_ids
+from finetuner.objectives.on_policy import OnPolicySampler, prompt_ids, why_not_on_policy
 
 FORCED = 7  # the token a forced student always writes
 
@@ -67,6 +67,32 @@ def test_on_policy_batches_are_the_students_samples(tiny_llama_small, tokenizer)
     assert stopped.mean_length == 1 and stopped.capped == 0.0
     counted = stopped.inputs["labels"][stopped.inputs["labels"] != -100]
     assert counted.tolist() == [tokenizer.eos_token_id] * 2
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_on_policy_samples_ignore_the_generation_settings_a_model_ships_with(tiny_llama_small, tokenizer, lora):
+    """A Hub model's generation_config may ban repeats or penalise them; the student's samples must
+    still come from its own distribution, the one the teacher's grading trains."""
+    inputs, prompt_lengths = qa_batch(tokenizer)
+    student = forced_student(tiny_llama_small).train()
+    shipped = student.generation_config
+    shipped.no_repeat_ngram_size, shipped.repetition_penalty, shipped.top_k = 1, 100.0, 1
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        student = get_peft_model(student, LoraConfig(r=4, target_modules="all-linear"))
+    sampler = OnPolicySampler(1.0, temperature=1.0, max_new_tokens=5, max_length=64,
+                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    new = sampler.sample(student, inputs).inputs
+    for row, length in enumerate(prompt_lengths):
+        # no_repeat_ngram_size=1 would forbid writing the forced token a second time
+        assert new["labels"][row, length:length + 5].tolist() == [FORCED] * 5
+    assert student.generation_config is shipped and shipped.no_repeat_ngram_size == 1  # left as it was
+
+
+def test_on_policy_needs_prompts():
+    assert "plain text has none" in why_not_on_policy("text")
+    assert why_not_on_policy("pairs") is None and why_not_on_policy("chat") is None
 
 
 @pytest.mark.parametrize("lora", [False, True])

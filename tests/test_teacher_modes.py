@@ -16,7 +16,7 @@ import yaml
 
 import finetune_cli
 from conftest import build_gpt2, train_tokenizer
-from finetuner.teachers.cache import CACHE_FILE
+from finetuner.teachers.response_cache import CACHE_FILE
 
 TRAIN = {"approach": "distillation", "max_samples": 10, "eval_fraction": 0.2, "max_length": 64,
          "max_steps": 2, "batch_size": 2, "gradient_accumulation": 1, "save_steps": 1,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import finetune_cli
-from finetuner.teachers.cache import CACHE_FILE, GenerationCache, Reply, Request
+from finetuner.teachers.response_cache import CACHE_FILE, ResponseCache, Reply, Request
 from teacher_server import TeacherServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,17 +43,17 @@ def test_cache_reuses_matching_lines_and_survives_a_torn_last_line(tmp_path):
     teacher, settings = {"model": "t", "api_base": None}, {"max_new_tokens": 8}
     first = Request("answer", "What is 2 plus 2?", (("user", "What is 2 plus 2?"),))
     second = Request("answer", "What is 3 plus 3?", (("user", "What is 3 plus 3?"),))
-    cache = GenerationCache.open(tmp_path, teacher, settings)
+    cache = ResponseCache.open(tmp_path, teacher, settings)
     cache.add(first, Reply("4", "stop", 5, 1))
     with (tmp_path / CACHE_FILE).open("a") as handle:
         handle.write('{"key": "torn by a SIGKILL')  # half a line, no newline
-    again = GenerationCache.open(tmp_path, teacher, settings)
+    again = ResponseCache.open(tmp_path, teacher, settings)
     assert again.missing([first, second]) == [second]
     assert again.tokens_spent == 6
     again.add(second, Reply("6", "stop", 5, 1))
-    assert set(GenerationCache.open(tmp_path, teacher, settings).replies) == {first.key, second.key}
+    assert set(ResponseCache.open(tmp_path, teacher, settings).replies) == {first.key, second.key}
     # Other settings: nothing is reused, nothing is deleted.
-    other = GenerationCache.open(tmp_path, teacher, {"max_new_tokens": 9})
+    other = ResponseCache.open(tmp_path, teacher, {"max_new_tokens": 9})
     assert other.missing([first, second]) == [first, second]
     assert len((tmp_path / CACHE_FILE).read_text().splitlines()) == 3
 

@@ -13,7 +13,7 @@ from contextlib import closing
 import pytest
 
 from finetuner import artifacts, tracking
-from finetuner.benchmark import perplexity
+from finetuner.benchmark.scores import perplexity
 from finetuner.config import RunConfig
 from finetuner.recipe import Recipe
 from finetuner.training import train

@@ -6,9 +6,12 @@ import json
 
 import pytest
 
-from finetuner.benchmark import ModelResult, compare, rouge, run_benchmark, top1_agreement
+from finetuner.benchmark.comparison import compare
+from finetuner.benchmark.measure import ModelResult
+from finetuner.benchmark.run import run_benchmark
+from finetuner.benchmark.scores import rouge, top1_agreement
 from finetuner.config import RunConfig
-from finetuner.verdict import verdict
+from finetuner.benchmark.verdict import verdict
 
 
 def _model(label, rl, params, speed, loops, answers=()):

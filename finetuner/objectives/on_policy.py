@@ -20,7 +20,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from finetuner.generation import generate, stop_position
 from finetuner.losses import IGNORE_INDEX
+
+
+def why_not_on_policy(data_kind: str) -> str | None:
+    """Why on-policy distillation cannot run on data of this kind ("pairs" | "chat" | "text"), or
+    None when it can. The student writes answers to the batch's prompts, and plain text has none."""
+    if data_kind == "text":
+        return ("on-policy distillation needs prompts for the student to answer, and plain text has none; "
+                "set on_policy_fraction to 0, or use prompt/response or chat data")
+    return None
 
 
 @dataclass
@@ -52,33 +62,26 @@ class OnPolicySampler:
         if budget < 1:  # every prompt fills max_length: nothing can be written, keep the batch
             return Samples(inputs, 0.0, 0.0)
         device = inputs["input_ids"].device
-        width = max(len(p) for p in prompts)
-        # Left-padded for generation, so every row's sample starts right after its prompt.
-        ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long, device=device)
-        attention = torch.zeros_like(ids)
-        for row, prompt in enumerate(prompts):
-            ids[row, width - len(prompt):] = prompt
-            attention[row, width - len(prompt):] = 1
         started = time.perf_counter()
         was_training = model.training
         model.eval()
         try:
-            with torch.no_grad():
-                output = model.generate(input_ids=ids, attention_mask=attention, do_sample=True,
-                                        temperature=self.temperature, top_k=0, top_p=1.0,
-                                        max_new_tokens=budget, eos_token_id=self.eos_ids,
-                                        pad_token_id=self.pad_token_id)
+            # The model's own distribution: no repetition penalty, n-gram ban or top-k/top-p that a
+            # Hub model's generation_config ships with reshapes what the teacher then grades.
+            new_tokens = generate(model, [p.tolist() for p in prompts], budget, self.pad_token_id,
+                                  temperature=self.temperature, top_p=1.0, top_k=0, eos_ids=self.eos_ids,
+                                  shipped_settings=False, inference_only=False, device=device)
         finally:
             model.train(was_training)
-        written = [self._until_eos(row) for row in output[:, width:]]
+        written = [self._until_eos(row) for row in new_tokens]
         capped = sum(len(w) == budget and int(w[-1]) not in self.eos_ids for w in written) / len(written)
         return Samples(self._batch(prompts, written, device), sum(map(len, written)) / len(written), capped,
                        time.perf_counter() - started)
 
     def _until_eos(self, sample: Tensor) -> Tensor:
         """The written tokens up to and including the first EOS."""
-        stops = torch.isin(sample, torch.tensor(self.eos_ids, device=sample.device)).nonzero()
-        return sample[: int(stops[0]) + 1] if len(stops) else sample
+        stop = stop_position(sample.tolist(), self.eos_ids)
+        return sample if stop is None else sample[: stop + 1]
 
     def _batch(self, prompts: list[Tensor], written: list[Tensor], device) -> dict[str, Tensor]:
         width = max(len(p) + len(w) for p, w in zip(prompts, written))

@@ -16,7 +16,7 @@ from typing import Callable
 
 from finetuner import ui
 from finetuner.config import RunConfig
-from finetuner.teachers.cache import Reply, Request
+from finetuner.teachers.response_cache import Reply, Request
 
 NO_KEY = "not-needed"  # local servers ignore the key, but the client insists on one
 

@@ -3,7 +3,7 @@ responses / hybrid), through the resumable cache, with a live progress line and 
 
 For a dataset of prompts, the teacher answers every training and held-out prompt of the run's split;
 for documents (questions_per_chunk > 0), it first writes questions about each chunk, then answers
-them. The stage returns `TeacherData`, which the trainer's data preparation applies.
+them. The stage returns `WrittenResponses`, which the trainer's data preparation applies.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from typing import Any, Callable
 
 from finetuner import artifacts, ui
 from finetuner.config import RunConfig
-from finetuner.teachers.cache import CACHE_FILE, GenerationCache, Reply, Request
+from finetuner.teachers.response_cache import CACHE_FILE, ResponseCache, Reply, Request
 
 TEACHER_HELDOUT_FILE = "teacher_heldout.jsonl"  # {"prompt", "response"} per held-out row (seam with the benchmark)
 DOCUMENT_QA_FILE = "document_qa.jsonl"  # {"question", "answer"}: what the student learns from documents
 
 
 @dataclass
-class TeacherData:
+class WrittenResponses:
     """What training takes from the teacher: a dataset of its own (documents), or a rewrite of each
     training example's response (None drops the example)."""
     dataset: str | None
@@ -75,7 +75,7 @@ def usable(reply: Reply | None, cfg: RunConfig) -> bool:
 
 # ---- the stage ------------------------------------------------------------------------------
 
-def write_for(cfg: RunConfig, resume_command: str) -> TeacherData:
+def write_for(cfg: RunConfig, resume_command: str) -> WrittenResponses:
     """The stage as the recipe runs it: the student's tokenizer decides the split."""
     from finetuner import models
 
@@ -83,10 +83,10 @@ def write_for(cfg: RunConfig, resume_command: str) -> TeacherData:
     return generate_stage(cfg, models.load_tokenizer(cfg.student), resume_command)
 
 
-def generate_stage(cfg: RunConfig, student_tokenizer, resume_command: str) -> TeacherData:
+def generate_stage(cfg: RunConfig, student_tokenizer, resume_command: str) -> WrittenResponses:
     out = Path(cfg.output_dir)
     teacher = open_teacher(cfg)
-    cache = GenerationCache.open(out, teacher.identity, settings_of(cfg))
+    cache = ResponseCache.open(out, teacher.identity, settings_of(cfg))
     if cache.replies:
         ui.info(f"{len(cache.replies)} responses from {cfg.teacher} with these settings are already in "
                 f"{cache.path}; only the missing ones are requested")
@@ -95,7 +95,7 @@ def generate_stage(cfg: RunConfig, student_tokenizer, resume_command: str) -> Te
     return _from_prompts(cfg, teacher, cache, student_tokenizer, resume_command)
 
 
-def _from_prompts(cfg, teacher, cache, tokenizer, resume_command) -> TeacherData:
+def _from_prompts(cfg, teacher, cache, tokenizer, resume_command) -> WrittenResponses:
     from finetuner.data import split
 
     parts = split(cfg, tokenizer)
@@ -113,10 +113,10 @@ def _from_prompts(cfg, teacher, cache, tokenizer, resume_command) -> TeacherData
         return {**{k: v for k, v in example.items() if k != "response"}, "response": reply.text.strip()}
 
     show_samples([(r.prompt, cache.replies[r.key].text) for r in kept])
-    return TeacherData(None, rewrite, len(kept), len(train) - len(kept), model=_for_logits(cfg, teacher))
+    return WrittenResponses(None, rewrite, len(kept), len(train) - len(kept), model=_for_logits(cfg, teacher))
 
 
-def _from_documents(cfg, teacher, cache, tokenizer, resume_command) -> TeacherData:
+def _from_documents(cfg, teacher, cache, tokenizer, resume_command) -> WrittenResponses:
     from finetuner.teachers.documents import QUESTION_PROMPT, chunk_text, parse_questions, read_documents
 
     chunks = [c for _, text in read_documents(cfg.dataset) for c in chunk_text(text, tokenizer, cfg.chunk_tokens)]
@@ -147,10 +147,10 @@ def _from_documents(cfg, teacher, cache, tokenizer, resume_command) -> TeacherDa
             json.dumps({"prompt": p["question"], "response": p["answer"]}, ensure_ascii=False) + "\n"
             for p in pairs))
     show_samples([(p["question"], p["answer"]) for p in pairs])
-    return TeacherData(str(path), None, len(pairs), len(answers) - len(pairs), model=_for_logits(cfg, teacher))
+    return WrittenResponses(str(path), None, len(pairs), len(answers) - len(pairs), model=_for_logits(cfg, teacher))
 
 
-def _report_kept(cfg: RunConfig, kept: int, total: int, cache: GenerationCache) -> None:
+def _report_kept(cfg: RunConfig, kept: int, total: int, cache: ResponseCache) -> None:
     if kept < total:
         why = "empty, cut off at the length limit or not written" if cfg.generation_drop_incomplete \
             else "empty or not written"
@@ -185,7 +185,7 @@ def _one_line(text: str, width: int = 160) -> str:
 
 # ---- generating, with progress, spend cap and faults --------------------------------------
 
-def write_responses(cfg: RunConfig, teacher, cache: GenerationCache, requests: list[Request],
+def write_responses(cfg: RunConfig, teacher, cache: ResponseCache, requests: list[Request],
                     resume_command: str, what: str = "responses") -> None:
     """Ask the teacher for every request the cache lacks; each reply is cached as it arrives."""
     todo = cache.missing(requests)

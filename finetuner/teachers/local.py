@@ -1,7 +1,6 @@
 """A teacher whose weights are here: it writes responses in batches with transformers' generate.
 
-Batched, left-padded generation (a decoder continues from the right end of each row), in the
-precision policy's dtype (fp16 or bf16 on CUDA; on CPU bf16 or fp32, whichever this CPU multiplies
+Batched, left-padded generation (`finetuner.generation`), in the precision policy's dtype (fp16 or bf16 on CUDA; on CPU bf16 or fp32, whichever this CPU multiplies
 faster, never fp16).
 Prompts are sorted by length so a batch wastes little on padding.
 """
@@ -12,7 +11,7 @@ from typing import Callable
 
 from finetuner import models, ui
 from finetuner.config import RunConfig
-from finetuner.teachers.cache import Reply, Request
+from finetuner.teachers.response_cache import Reply, Request
 
 
 class LocalTeacher:
@@ -54,36 +53,19 @@ class LocalTeacher:
 
 def generate_batch(model, tokenizer, batch: list[Request], cfg: RunConfig) -> list[Reply]:
     """One left-padded generate call for a batch of chat requests."""
-    import torch
-
+    from finetuner import generation
     from finetuner.data import encode_prompt
     from finetuner.formatting import render_messages_prompt
 
     ids = encode_prompt(tokenizer, [render_messages_prompt(tokenizer, r.as_messages()) for r in batch])
-    width = max(len(row) for row in ids)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in ids], device=model.device)
-    attention = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in ids], device=model.device)
-    sample = cfg.generation_temperature > 0
-    options = dict(do_sample=True, temperature=cfg.generation_temperature, top_p=cfg.generation_top_p) \
-        if sample else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
-    with torch.inference_mode():
-        output = model.generate(input_ids=input_ids, attention_mask=attention, pad_token_id=pad,
-                                max_new_tokens=cfg.generation_max_new_tokens, **options)
-    stop_ids = _stop_ids(model, tokenizer)
+    new_tokens = generation.generate(model, ids, cfg.generation_max_new_tokens, generation.pad_id(tokenizer),
+                                     temperature=cfg.generation_temperature, top_p=cfg.generation_top_p)
+    stops = generation.stop_ids(model, tokenizer)
     replies = []
-    for row, prompt in zip(output[:, width:].tolist(), ids):
-        length = next((i for i, token in enumerate(row) if token in stop_ids), None)
+    for row, prompt in zip(new_tokens.tolist(), ids):
+        length = generation.stop_position(row, stops)
         finished = length is not None
         tokens = row[:length] if finished else row
         replies.append(Reply(tokenizer.decode(tokens, skip_special_tokens=True).strip(),
                              "stop" if finished else "length", len(prompt), len(tokens)))
     return replies
-
-
-def _stop_ids(model, tokenizer) -> set[int]:
-    eos = model.generation_config.eos_token_id
-    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return ids

@@ -1,4 +1,4 @@
-"""The generation cache: the teacher's responses, one JSON line each, appended as they arrive.
+"""The response cache: the teacher's responses, one JSON line each, appended as they arrive.
 
 OUTPUT_DIR/teacher_responses.jsonl, one object per line:
   {"key": str,                 # sha1 of the request (kind + messages); what a rerun looks up
@@ -52,14 +52,14 @@ class Reply:
 
 
 @dataclass
-class GenerationCache:
+class ResponseCache:
     path: Path
     teacher: dict
     settings: dict
     replies: dict[str, Reply] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, out_dir: Path, teacher: dict, settings: dict) -> "GenerationCache":
+    def open(cls, out_dir: Path, teacher: dict, settings: dict) -> "ResponseCache":
         cache = cls(Path(out_dir) / CACHE_FILE, teacher, settings)
         cache._read()
         return cache

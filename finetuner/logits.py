@@ -24,6 +24,7 @@ VERIFIED_TYPES = frozenset({
     "cohere", "olmo2", "gpt_neox", "gpt2"})
 MAX_CHECK_WIDTH = 4096  # a one-layer copy of a wider model costs seconds of memory traffic; checked at load
 CHECK_TOKENS = 8  # positions compared by `check`: enough to see any per-token post-processing
+LOGIT_SIZE = 100.0  # the largest logit of `plan_problem`'s random copy: beyond any soft cap in use (Gemma's 30)
 TOLERANCE = 1e-3  # relative, fp32: the fast path and the model's forward differ only in rounding
 
 
@@ -59,13 +60,18 @@ def unwrapped(model):
 def head_of(model) -> LogitHead:
     """The real head of `model` (wrapped or not)."""
     inner = unwrapped(model)
-    config = inner.config
+    config = inner.config  # what the family's forward reads (a multimodal Gemma-3's ignores its text part's cap)
     scale = 1.0
     if getattr(config, "logits_scaling", None):  # Granite divides
         scale /= float(config.logits_scaling)
     if getattr(inner, "logit_scale", None) is not None:  # Cohere multiplies, by the model's attribute
         scale *= float(inner.logit_scale)
     return LogitHead(inner.get_output_embeddings(), getattr(config, "final_logit_softcapping", None), scale)
+
+
+def text_config(config):
+    """The language model's config: `config` itself, or a multimodal model's text part."""
+    return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
 
 
 def decoder_outputs(model, input_ids, attention_mask, output_hidden_states: bool = False):
@@ -106,7 +112,7 @@ def mismatch(model) -> float:
     try:
         with torch.no_grad():
             device = inner.get_output_embeddings().weight.device
-            vocab = int(getattr(inner.config, "vocab_size", 0) or head_of(inner).vocab_rows)
+            vocab = int(getattr(text_config(inner.config), "vocab_size", 0) or head_of(inner).vocab_rows)
             ids = torch.arange(1, CHECK_TOKENS + 1, device=device)[None] % vocab
             mask = torch.ones_like(ids)
             own = inner(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
@@ -137,7 +143,8 @@ def plan_problem(config) -> str | None:
     kind = getattr(config, "model_type", None)
     if kind in VERIFIED_TYPES:
         return None
-    width = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0) or 0
+    text = text_config(config)
+    width = getattr(text, "hidden_size", None) or getattr(text, "n_embd", 0) or 0
     if width > MAX_CHECK_WIDTH:
         return None  # too wide to copy cheaply: `check` compares the loaded model before training
     try:
@@ -152,20 +159,41 @@ def plan_problem(config) -> str | None:
 
 
 def _tiny_copy(config):
-    """A random one-layer copy of `config` with a small vocabulary: the head's post-processing does
-    not depend on depth or vocabulary size."""
+    """A random one-layer copy of `config` (each part of a multimodal one) with a small vocabulary, its
+    head scaled up (`_amplify_head`): the head's post-processing depends on neither depth nor vocabulary."""
     import copy
 
     import torch
     from transformers import AutoModelForCausalLM
 
     tiny = copy.deepcopy(config)
-    for name in ("num_hidden_layers", "n_layer", "num_layers"):
-        if hasattr(tiny, name):
-            setattr(tiny, name, 1)
-    if getattr(tiny, "layer_types", None):
-        tiny.layer_types = tiny.layer_types[:1]
-    tiny.vocab_size = min(getattr(tiny, "vocab_size", 512) or 512, 512)
-    if (getattr(tiny, "pad_token_id", None) or 0) >= tiny.vocab_size:
-        tiny.pad_token_id = 0
-    return AutoModelForCausalLM.from_config(tiny, dtype=torch.float32)
+    parts = [tiny] + [getattr(tiny, name) for name in getattr(tiny, "sub_configs", {}) if getattr(tiny, name, None)]
+    for part in parts:
+        for name in ("num_hidden_layers", "n_layer", "num_layers"):
+            if isinstance(getattr(part, name, None), int):
+                setattr(part, name, 1)
+        if getattr(part, "layer_types", None):
+            part.layer_types = part.layer_types[:1]
+    text = text_config(tiny)
+    text.vocab_size = min(getattr(text, "vocab_size", 512) or 512, 512)
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        if isinstance(getattr(text, name, None), int) and getattr(text, name) >= text.vocab_size:
+            setattr(text, name, 0)
+    for part in (tiny, text):
+        part.tie_word_embeddings = False  # the head alone is scaled
+    model = AutoModelForCausalLM.from_config(tiny, dtype=torch.float32)
+    _amplify_head(model)
+    return model
+
+
+def _amplify_head(model) -> None:
+    """Random weights give logits near 0, where a soft cap (cap * tanh(x / cap)) is the identity and the
+    comparison would see nothing: scale the head so the copy's largest logit is LOGIT_SIZE, the size a
+    trained model's logits reach."""
+    import torch
+
+    head = model.get_output_embeddings()
+    ids = torch.arange(1, CHECK_TOKENS + 1)[None] % head.weight.shape[0]
+    with torch.no_grad():
+        rows = decoder_outputs(model, ids, torch.ones_like(ids)).last_hidden_state
+        head.weight.mul_(LOGIT_SIZE / head(rows).abs().max().clamp_min(1e-6))

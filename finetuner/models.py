@@ -404,11 +404,6 @@ def load_teacher(name: str, precision: Precision, quantization: str | None = Non
 
 # ---- derived students -----------------------------------------------------------------------
 
-# Where decoder layers live, per family: Llama-style (Llama, Mistral, Qwen, SmolLM, Phi-3 ...)
-# and GPT-2-style (GPT-2, Falcon, BLOOM ...).
-_LAYER_STACKS = ("model.layers", "transformer.h")
-
-
 def student_layer_indices(total: int, keep: int) -> list[int]:
     """`keep` evenly spaced layer indices out of `total`, first and last included."""
     if keep == 1:
@@ -449,15 +444,24 @@ def choose_student_layers(model, keep: int, batch: dict) -> tuple[list[int], flo
 
 
 def _layer_stack(model) -> tuple[str, nn.ModuleList]:
-    for path in _LAYER_STACKS:
-        module = model
-        for part in path.split("."):
-            module = getattr(module, part, None)
-        if isinstance(module, nn.ModuleList):
-            return path, module
+    """The decoder's layers, and their path from `model` (the prefix of their state_dict keys).
+
+    Families keep them under different names (`model.layers`, `transformer.h`, `gpt_neox.layers`,
+    ...), so no list of paths is kept: the stack is the decoder's shallowest ModuleList with one entry
+    per configured layer.
+    """
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "base_model", model)
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    total = getattr(config, "num_hidden_layers", None)
+    prefix = next((name for name, module in model.named_modules() if module is decoder), None)
+    stacks = [(name, module) for name, module in decoder.named_modules()
+              if isinstance(module, nn.ModuleList) and len(module) == total and name] if total else []
+    if prefix is not None and stacks:
+        name, layers = min(stacks, key=lambda item: item[0].count("."))
+        return f"{prefix}.{name}" if prefix else name, layers
     arch = type(model).__name__
-    raise UserError(f"can't derive a student from {arch}: its decoder layers are not where "
-                    f"Llama-style or GPT-2-style models keep them", hint="pick a separate student model")
+    raise UserError(f"can't derive a student from {arch}: its decoder has no list of its {total} layers",
+                    hint="pick a separate student model")
 
 
 def student_config(config, kept: list[int]):

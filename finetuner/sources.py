@@ -25,7 +25,7 @@ def local_path(name: str) -> Path:
     """`name` as a local path, with ~ expanded; "~nobody/x" (an unknown user) stays as typed instead of
     raising, so a stray "~" in an answer is an ordinary missing path."""
     try:
-        return local_path(name)
+        return Path(name).expanduser()
     except RuntimeError:
         return Path(name)
 

@@ -352,3 +352,14 @@ def test_a_folder_of_data_files_loads_as_one_dataset(tmp_path):
     assert check_dataset(str(folder)) is None
     rows = load_rows(RunConfig(dataset=str(folder)))
     assert rows.num_rows == 6
+
+
+def test_a_dataset_under_home_given_with_a_tilde(tmp_path, monkeypatch):
+    from finetuner.sources import check_dataset
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "d.jsonl").write_text(
+        "".join(json.dumps({"question": f"q{i}", "answer": "a"}) + "\n" for i in range(3)))
+    assert check_dataset("~/d.jsonl") is None
+    rows = load_rows(RunConfig(dataset="~/d.jsonl"))
+    assert rows.num_rows == 3

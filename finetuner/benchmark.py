@@ -39,8 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from finetuner import artifacts, ui
-from finetuner.data import encode_prompt
-from finetuner.formatting import render_messages_prompt, render_prompt
+from finetuner.formatting import encode_prompt, render_messages_prompt, render_prompt
 
 METRICS = ("rouge1", "rouge2", "rougeL")
 METRIC_NAMES = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L"}
@@ -145,7 +144,7 @@ def reference_pass(model, tokenizer, heldout: list[dict], max_length: int,
     import torch
     import torch.nn.functional as F
 
-    from finetuner.data import encode_heldout, make_collator
+    from finetuner.data.preparing import encode_heldout, make_collator
 
     encoded = encode_heldout(heldout, tokenizer, max_length)
     collate = make_collator(tokenizer)

@@ -19,8 +19,7 @@ HELP = ("Type a message; /reset forgets the conversation, /exit (or Ctrl-D) quit
 def _encode(tokenizer, messages: list[dict]):
     import torch
 
-    from finetuner.data import encode_prompt
-    from finetuner.formatting import render_messages_prompt
+    from finetuner.formatting import encode_prompt, render_messages_prompt
 
     ids = encode_prompt(tokenizer, [render_messages_prompt(tokenizer, messages)])[0]
     return torch.tensor([ids])

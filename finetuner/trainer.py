@@ -18,7 +18,7 @@ from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 
 from finetuner import adapters, artifacts, disk, distributed, models, tracking, ui
 from finetuner.config import RunConfig, applies
-from finetuner.data import PreparedData, make_collator, prepare
+from finetuner.data.preparing import PreparedData, make_collator, prepare
 from finetuner.formatting import save_prompt_format
 from finetuner.interrupt import GracefulInterrupt
 from finetuner.objectives import trainer_settings as objective_settings

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from finetuner.config import RunConfig
-from finetuner.data import DataFormat, detect_format, load_rows, make_collator, prepare
+from finetuner.data.formats import DataFormat, detect_format
+from finetuner.data.preparing import make_collator, prepare
+from finetuner.data.reading import load_rows
 from finetuner.formatting import render_messages_prompt, render_prompt
 from finetuner.ui import UserError
 
@@ -341,7 +343,7 @@ def test_corrupt_parquet(tmp_path, tokenizer):
 
 def test_a_folder_of_data_files_loads_as_one_dataset(tmp_path):
     from finetuner.config import RunConfig
-    from finetuner.data import load_rows
+    from finetuner.data.reading import load_rows
     from finetuner.sources import check_dataset
 
     folder = tmp_path / "parts"

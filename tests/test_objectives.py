@@ -11,7 +11,7 @@ import yaml
 from safetensors.torch import load_file
 
 from finetune_cli import main
-from finetuner.data import make_collator
+from finetuner.data.preparing import make_collator
 from finetuner.losses import kd_loss
 from finetuner.objectives.hidden_states import HiddenStateLoss
 from finetuner.objectives.layer_map import describe, layer_map, parse_layer_pairs

@@ -56,8 +56,7 @@ def generate_batch(model, tokenizer, batch: list[Request], cfg: RunConfig) -> li
     """One left-padded generate call for a batch of chat requests."""
     import torch
 
-    from finetuner.data import encode_prompt
-    from finetuner.formatting import render_messages_prompt
+    from finetuner.formatting import encode_prompt, render_messages_prompt
 
     ids = encode_prompt(tokenizer, [render_messages_prompt(tokenizer, r.as_messages()) for r in batch])
     width = max(len(row) for row in ids)

@@ -67,10 +67,10 @@ class RunConfig:
     upload: bool = False
     hub_repo: Optional[str] = None
     hub_private: bool = True
-    # Teacher cache (issue 12): the teacher's top-k per counted position, written once to a directory
+    # Teacher cache : the teacher's top-k per counted position, written once to a directory
     teacher_cache: Optional[str] = None
     teacher_top_k: int = 64
-    # What the student learns from (issue 13): the divergence, on-policy batches, hidden states
+    # What the student learns from : the divergence, on-policy batches, hidden states
     divergence: str = "forward_kl"
     jsd_beta: float = 0.5  # TRL generalized_jsd_loss beta: 0 forward KL, 1 reverse KL
     on_policy_fraction: float = 0.0  # GKD's lmbda: share of batches whose responses the student writes
@@ -79,7 +79,7 @@ class RunConfig:
     hidden_state_weight: float = 0.0  # 0 = off
     hidden_state_loss: str = "mse"
     hidden_state_layers: str = "auto"  # or "student:teacher" decoder-layer pairs, e.g. "3:7,7:15"
-    # Teachers that write (issue 11): sequence-level distillation, API teachers, documents
+    # Teachers that write : sequence-level distillation, API teachers, documents
     distillation_mode: str = "logits"
     teacher_api_base: Optional[str] = None  # an OpenAI-compatible endpoint; None = a local teacher
     teacher_api_key_env: str = "OPENAI_API_KEY"  # the variable's name; the key itself is never stored
@@ -96,11 +96,11 @@ class RunConfig:
     generation_timeout: float = 120.0  # seconds per API request
     generation_max_retries: int = 4  # the openai client's retries (429 honouring Retry-After, 5xx, timeouts)
     chunk_tokens: int = 512  # document chunk size for questions_per_chunk
-    # Scaling out and memory (issue 14): recompute activations in backward instead of keeping them;
+    # Scaling out and memory : recompute activations in backward instead of keeping them;
     # a teacher loaded in 8/4 bits (only when asked: it changes the teacher's probabilities)
     gradient_checkpointing: bool = False
     teacher_quantization: Optional[str] = None
-    # Did it pay? (issue 15): a plain fine-tuning baseline, held-out evaluation, experiment tracking
+    # Did it pay? A plain fine-tuning baseline, held-out evaluation, experiment tracking
     sft_baseline: bool = False  # distillation: also train the same student with alpha 1, benchmark both
     eval_steps: Optional[int] = None  # evaluate held-out loss every N steps; keep the best checkpoint
     early_stopping_patience: Optional[int] = None  # stop after N evaluations without improvement
@@ -174,7 +174,7 @@ def applies(key: str, answers: Any) -> bool:
     method = get("method", "lora")
     if key in ("model", "method"):
         return not distill
-    if key == "teacher_quantization":  # issue 14: a local teacher's weights only
+    if key == "teacher_quantization":  # a local teacher's weights only
         return distill and not get("teacher_api_base")
     if key in ("teacher", "student", "student_layers", "student_training", "temperature", "alpha"):
         return distill and not (key in ("temperature", "alpha") and get("distillation_mode") == "responses")
@@ -386,12 +386,12 @@ def cross_check(cfg: Any) -> list[str]:
     if not distill and get("method") == "adalora" and get("adalora_target_r", 8) > get("adalora_init_r", 12):
         problems.append("adalora_target_r: must not exceed adalora_init_r")
     if distill and (get("on_policy_fraction", 0.0) or 0.0) > 0 and get("teacher_cache", None):
-        # Issue 12's top-k cache holds the teacher's view of the dataset's own responses only.
+        # The top-k cache holds the teacher's view of the dataset's own responses only.
         problems.append("on_policy_fraction: on-policy batches are written by the student during training, and "
                         "a teacher cache (teacher_cache) cannot score text it has never seen; set "
                         "on_policy_fraction to 0 or turn the cache off to use a live teacher")
     if distill and get("teacher_cache") and get("distillation_mode", "logits") != "responses":
-        # Issue 12: the cache stores top-k log-probs for forward KL over k + 1 buckets, and no hidden states.
+        # The cache stores top-k log-probs for forward KL over k + 1 buckets, and no hidden states.
         if get("divergence", "forward_kl") != "forward_kl":
             problems.append(f"divergence: the teacher cache (teacher_cache) supports forward_kl only, not "
                             f"{get('divergence')}; set divergence forward_kl or turn the cache off")

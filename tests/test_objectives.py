@@ -191,7 +191,7 @@ def test_plan_shows_the_layer_map(tiny_llama, tiny_llama_small):
 
 
 def test_on_policy_refuses_a_teacher_cache():
-    from finetuner.config import cross_check
+    from finetuner.config_checks import cross_check
 
     answers = dict(approach="distillation", on_policy_fraction=0.5, teacher_cache="runs/cache", alpha=0.5)
     assert any("teacher cache" in p for p in cross_check(answers))

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from finetuner import __version__, distributed, ui
-from finetuner.config import RunConfig, applies, warnings_for
+from finetuner.config import RunConfig, applies
+from finetuner.config_checks import warnings_for
 from finetuner.wizard import (ANSWERS_FILE, find_previous_answers, load_answers, parse_overrides,
                               previous_defaults, resolve, save_answers)
 

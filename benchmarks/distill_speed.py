@@ -10,7 +10,7 @@
 
 Every contender trains the same 15-layer student derived from the built-in SmolLM2-135M-Instruct
 (the teacher, for the distillation contenders) on the same GSM8K rows, prepared by
-finetuner.data.prepare, with the same batch size, sampler order and thread count. Each runs in a
+finetuner.data.preparing.prepare, with the same batch size, sampler order and thread count. Each runs in a
 fresh subprocess (this script with --contender NAME), so peak RSS is its own. A step's time is the
 gap between consecutive `on_step_end` callbacks (data, forward, backward, optimizer, logging).
 Warm-up steps are dropped; every contender runs `--repeats` times in alternating order and medians
@@ -119,7 +119,7 @@ def build_trainer(name: str, cfg):
     from pathlib import Path
 
     from finetuner import models, training
-    from finetuner.data import make_collator
+    from finetuner.data.preparing import make_collator
     from finetuner.recipe import Recipe
     from finetuner.training import arguments, student as students
 

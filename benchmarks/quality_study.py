@@ -49,7 +49,8 @@ from finetuner.benchmark import measure, scores  # noqa: E402
 from finetuner.benchmark.scores import loop_rate  # noqa: E402
 from finetuner.config import BUILTIN_MODEL, RunConfig, coerce  # noqa: E402
 from finetuner.wizard import parse_overrides  # noqa: E402
-from finetuner.data import encode_prompt, load_rows  # noqa: E402
+from finetuner.formatting import encode_prompt  # noqa: E402
+from finetuner.data.reading import load_rows  # noqa: E402
 from finetuner.formatting import render_prompt  # noqa: E402
 from finetuner.teachers.response_cache import CACHE_FILE as GENERATION_CACHE  # noqa: E402
 from finetuner.recipe import Recipe  # noqa: E402

@@ -33,7 +33,7 @@ def main(argv=None) -> None:
 
     from finetuner import models
     from finetuner.config import RunConfig
-    from finetuner.data import make_collator, prepare
+    from finetuner.data.preparing import make_collator, prepare
     from finetuner.logits import decoder_outputs
     from finetuner.losses import kd_loss_from_hidden
 

@@ -5,7 +5,7 @@
 
 Teacher: the built-in SmolLM2-135M-Instruct (bf16); student: its 15-layer derived copy (chosen by
 calibration, as the wizard does), full training, bf16 autocast; GSM8K rows prepared by
-finetuner.data.prepare. Each contender runs in its own process (this script with --contender):
+finetuner.data.preparing.prepare. Each contender runs in its own process (this script with --contender):
 - plain: plain fine-tuning of the student (CE only) for the same steps;
 - cached: distillation with `teacher_cache` in a new directory: the build (teacher load included),
   then training that reads the cache;
@@ -68,7 +68,7 @@ def run_contender(name: str, args) -> dict:
     from transformers import PrinterCallback, Trainer, TrainerCallback
 
     from finetuner import models, training
-    from finetuner.data import make_collator
+    from finetuner.data.preparing import make_collator
     from finetuner.recipe import Recipe
     from finetuner.teachers import topk_build
     from finetuner.training import arguments, student as students
@@ -124,7 +124,7 @@ def run_study(args, out: str) -> dict:
     import torch
 
     from finetuner import models
-    from finetuner.data import make_collator, prepare
+    from finetuner.data.preparing import make_collator, prepare
     from finetuner.losses import kd_loss, select_targets
     from finetuner.objectives.topk import gradient_bound, teacher_buckets, teacher_topk, topk_kd_loss
     from finetuner.recipe import Recipe

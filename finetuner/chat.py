@@ -17,7 +17,7 @@ HELP = ("Type a message; /reset forgets the conversation, /exit (or Ctrl-D) quit
 
 
 def _encode(tokenizer, messages: list[dict]) -> list[int]:
-    from finetuner.data import encode_prompt
+    from finetuner.formatting import encode_prompt
     from finetuner.formatting import render_messages_prompt
 
     return encode_prompt(tokenizer, [render_messages_prompt(tokenizer, messages)])[0]

@@ -1,4 +1,4 @@
-"""How a prompt and its response look as text for a given tokenizer.
+"""How a prompt and its response look, as text and as token ids, for a given tokenizer.
 
 Training and the benchmark both go through here, so the model is always asked
 questions in exactly the shape it was trained on.
@@ -31,13 +31,33 @@ def response_suffix(tokenizer) -> str:
     return tokenizer.eos_token or ""
 
 
+def encode_prompt(tokenizer, prompts: list[str]) -> list[list[int]]:
+    """Token ids of rendered prompts, exactly as training sees them (the benchmark should use this too).
+
+    A chat template writes any BOS itself, so nothing is added; without one, the tokenizer's own
+    leading special tokens (a Llama BOS) are added, as `tokenizer(text)` would."""
+    ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    if has_chat_template(tokenizer):
+        return ids
+    prefix = leading_special_ids(tokenizer)
+    return [prefix + row for row in ids]
+
+
+def leading_special_ids(tokenizer) -> list[int]:
+    """The special tokens a tokenizer puts before any text by itself (a Llama BOS), found by encoding "a"."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start:start + len(plain)] == plain:
+            return list(full[:start])
+    return []
+
+
 def plain_chat_template(tokenizer) -> str:
     """A chat template that writes exactly what `render_prompt` / `render_messages_prompt` write for
     a tokenizer without one (and the leading BOS `encode_prompt` adds), so the saved model is
     asked in the format it was trained on by `apply_chat_template`, chat UIs and the Hub."""
-    from finetuner.data import _leading_special_ids
-
-    bos = "{{ bos_token }}" if _leading_special_ids(tokenizer) else ""
+    bos = "{{ bos_token }}" if leading_special_ids(tokenizer) else ""
     newline = "{{ '\\n' }}"
     return (
         f"{bos}{{%- if messages | length == 1 and messages[0]['role'] == 'user' and add_generation_prompt -%}}"

@@ -36,7 +36,7 @@ class Preflight:
 def preflight(cfg: RunConfig) -> Preflight:
     """Load tokenizers, configs and the data; raise UserError for a run that cannot work."""
     from finetuner import models
-    from finetuner.data import prepare
+    from finetuner.data.preparing import prepare
     from finetuner.teachers import topk_cache
 
     ui.step("Checking tokenizers, model configs and the data (no weights are loaded)")

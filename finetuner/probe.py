@@ -112,7 +112,7 @@ def _models(cfg: RunConfig, recipe: Recipe, data):
 def _median_batch(train, batch_size: int, tokenizer) -> dict:
     """`batch_size` rows of about the median length: the Trainer groups rows by length, so a batch
     is as long as its rows."""
-    from finetuner.data import make_collator
+    from finetuner.data.preparing import make_collator
 
     lengths = sorted(range(len(train)), key=lambda i: len(train[i]["input_ids"]))
     middle = max(0, min(len(lengths) - batch_size, len(lengths) // 2 - batch_size // 2))

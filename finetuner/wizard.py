@@ -16,7 +16,8 @@ from typing import Any, Callable
 import yaml
 
 from finetuner import ui
-from finetuner.config import FIELD_NAMES, applies, check_field, coerce, cross_check, default_for
+from finetuner.config import FIELD_NAMES, applies, coerce, default_for
+from finetuner.config_checks import check_field, cross_check
 from finetuner.questions import HUB_TOKEN, QUESTIONS, Answers, Question
 from finetuner.sources import check_model, hub_offline
 

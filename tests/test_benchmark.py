@@ -93,8 +93,7 @@ def test_decoding_speed_times_the_same_work_for_a_model_whose_answers_stop_at_on
 
     import torch
 
-    from finetuner.data import encode_prompt
-    from finetuner.formatting import render_prompt
+    from finetuner.formatting import encode_prompt, render_prompt
 
     ids = torch.tensor(encode_prompt(tokenizer, [render_prompt(tokenizer, PROMPTS[0])]))
     with torch.no_grad():

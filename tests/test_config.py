@@ -1,6 +1,7 @@
 import pytest
 
-from finetuner.config import RunConfig, check_field, coerce, cross_check, default_for, warnings_for
+from finetuner.config import RunConfig, coerce, default_for
+from finetuner.config_checks import check_field, cross_check, warnings_for
 
 
 def test_defaults_are_the_documented_ones():

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from finetuner.config import RunConfig
-from finetuner.data import DataFormat, detect_format, load_rows, make_collator, prepare
+from finetuner.data.formats import DataFormat, detect_format
+from finetuner.data.preparing import make_collator, prepare
+from finetuner.data.reading import load_rows
 from finetuner.formatting import render_messages_prompt, render_prompt
 from finetuner.ui import UserError
 
@@ -341,7 +343,7 @@ def test_corrupt_parquet(tmp_path, tokenizer):
 
 def test_a_folder_of_data_files_loads_as_one_dataset(tmp_path):
     from finetuner.config import RunConfig
-    from finetuner.data import load_rows
+    from finetuner.data.reading import load_rows
     from finetuner.sources import check_dataset
 
     folder = tmp_path / "parts"
@@ -352,3 +354,14 @@ def test_a_folder_of_data_files_loads_as_one_dataset(tmp_path):
     assert check_dataset(str(folder)) is None
     rows = load_rows(RunConfig(dataset=str(folder)))
     assert rows.num_rows == 6
+
+
+def test_a_dataset_under_home_given_with_a_tilde(tmp_path, monkeypatch):
+    from finetuner.sources import check_dataset
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "d.jsonl").write_text(
+        "".join(json.dumps({"question": f"q{i}", "answer": "a"}) + "\n" for i in range(3)))
+    assert check_dataset("~/d.jsonl") is None
+    rows = load_rows(RunConfig(dataset="~/d.jsonl"))
+    assert rows.num_rows == 3

@@ -196,7 +196,7 @@ def test_running_out_of_memory_names_what_to_lower(tmp_path, tiny_llama, qa_file
     # enough to load the tiny model and data, far too little for a batch of 64 x 2048 tokens.
     write(cap, "import os, re, resource, runpy, sys\n"
                "sys.path.insert(0, os.path.dirname(sys.argv[2]))\n"
-               "import finetuner.training.loop, finetuner.data, finetuner.models\n"
+               "import finetuner.training.loop, finetuner.data.preparing, finetuner.models\n"
                "mapped = int(re.search(r'VmSize:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) * 1024\n"
                "limit = mapped + int(sys.argv.pop(1))\n"
                "resource.setrlimit(resource.RLIMIT_AS, (limit, limit))\n"

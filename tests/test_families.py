@@ -198,7 +198,7 @@ def test_chat_rows_are_labelled_on_the_response_only(tokenizer, tmp_path):
     # template alone (finetuner.data renders and tokenizes the prompt and the response apart); the model
     # never takes part. Each family's own template is its tokenizer's, which the tiny models do not have.
     from finetuner.config import RunConfig
-    from finetuner.data import make_collator, prepare
+    from finetuner.data.preparing import make_collator, prepare
 
     assert len(tokenizer) <= VOCAB
     path = tmp_path / "chat.jsonl"

@@ -212,7 +212,7 @@ def test_block_drop_candidates_keep_both_ends_and_drop_one_block(total, keep):
 
 def test_the_derived_student_is_the_candidate_with_the_lowest_loss(tiny_llama, tokenizer, qa_file):
     from finetuner.config import RunConfig
-    from finetuner.data import make_collator, prepare
+    from finetuner.data.preparing import make_collator, prepare
 
     teacher = models.load_model(str(tiny_llama), for_training=False)
     data = prepare(RunConfig(dataset=str(qa_file), max_samples=8, max_length=64), tokenizer)

@@ -11,7 +11,7 @@ import yaml
 from safetensors.torch import load_file
 
 from finetune_cli import main
-from finetuner.data import make_collator
+from finetuner.data.preparing import make_collator
 from finetuner.losses import kd_loss
 from finetuner.objectives.hidden_states import HiddenStateLoss
 from finetuner.objectives.layer_map import describe, layer_map, parse_layer_pairs
@@ -218,7 +218,7 @@ def test_plan_shows_the_layer_map(tiny_llama, tiny_llama_small):
 
 
 def test_on_policy_refuses_a_teacher_cache():
-    from finetuner.config import cross_check
+    from finetuner.config_checks import cross_check
 
     answers = dict(approach="distillation", on_policy_fraction=0.5, teacher_cache="runs/cache", alpha=0.5)
     assert any("teacher cache" in p for p in cross_check(answers))

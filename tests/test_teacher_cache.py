@@ -60,7 +60,7 @@ def fresh_copy(built, tmp_path: Path, **settings) -> Path:
 def test_cache_holds_the_teachers_top_k_per_training_row(built):
     from finetuner import models
     from finetuner.config import RunConfig
-    from finetuner.data import prepare
+    from finetuner.data.preparing import prepare
     from finetuner.losses import select_targets
     from finetuner.objectives.topk import teacher_topk
 
@@ -197,7 +197,7 @@ def test_eval_steps_with_the_cache_scores_held_out_ce_and_keeps_the_best(built, 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from finetuner.config import RunConfig
-    from finetuner.data import make_collator, prepare
+    from finetuner.data.preparing import make_collator, prepare
 
     path = fresh_copy(built, tmp_path, eval_steps=2)
     assert run(path) == 0

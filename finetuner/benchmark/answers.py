@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from finetuner import generation
-from finetuner.data import encode_prompt
+from finetuner.formatting import encode_prompt
 from finetuner.formatting import render_messages_prompt, render_prompt
 
 

@@ -60,7 +60,7 @@ def reference_pass(model, tokenizer, heldout: list[dict], max_length: int,
     import torch
     import torch.nn.functional as F
 
-    from finetuner.data import encode_heldout, make_collator
+    from finetuner.data.preparing import encode_heldout, make_collator
 
     encoded = encode_heldout(heldout, tokenizer, max_length)
     collate = make_collator(tokenizer)

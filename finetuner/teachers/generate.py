@@ -96,7 +96,7 @@ def generate_stage(cfg: RunConfig, student_tokenizer, resume_command: str) -> Wr
 
 
 def _from_prompts(cfg, teacher, cache, tokenizer, resume_command) -> WrittenResponses:
-    from finetuner.data import split
+    from finetuner.data.preparing import split
 
     parts = split(cfg, tokenizer)
     train = [answer_request(e["example"], cfg) for e in parts.train]

@@ -54,7 +54,7 @@ class LocalTeacher:
 def generate_batch(model, tokenizer, batch: list[Request], cfg: RunConfig) -> list[Reply]:
     """One left-padded generate call for a batch of chat requests."""
     from finetuner import generation
-    from finetuner.data import encode_prompt
+    from finetuner.formatting import encode_prompt
     from finetuner.formatting import render_messages_prompt
 
     ids = encode_prompt(tokenizer, [render_messages_prompt(tokenizer, r.as_messages()) for r in batch])

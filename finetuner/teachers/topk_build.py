@@ -74,7 +74,7 @@ def _build_shard(teacher, rows: datasets.Dataset, index: int, rows_per_shard: in
     import torch
     from safetensors.torch import save_file
 
-    from finetuner.data import make_collator
+    from finetuner.data.preparing import make_collator
     from finetuner.losses import select_targets
     from finetuner.objectives.topk import teacher_topk
 

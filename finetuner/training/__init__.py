@@ -35,7 +35,7 @@ def build(cfg: RunConfig, recipe: Recipe, prepared=None, written=None, kept_laye
     from transformers import set_seed
 
     from finetuner import disk, logits
-    from finetuner.data import make_collator
+    from finetuner.data.preparing import make_collator
     from finetuner.objectives import hidden_states
     from finetuner.training import arguments, loop, student
     from finetuner.teachers.signal import open_signal, shared_tokenizer
@@ -108,7 +108,7 @@ def prepare_data(cfg: RunConfig, tokenizer, prepared=None, written=None, write_h
     """The run's rows (those the plan prepared, unless the teacher has rewritten them since), with
     the held-out rows written for the benchmark."""
     from finetuner import artifacts, distributed, ui
-    from finetuner.data import prepare
+    from finetuner.data.preparing import prepare
 
     if prepared is not None and written is None:
         data = prepared

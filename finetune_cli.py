@@ -64,7 +64,7 @@ def ask_at_terminal(question, default, answers):
 
     help_text = question.help_for(answers)
     if help_text:
-        ui.console.print(f"  [dim]{ui._escape(help_text)}[/]")
+        ui.console.print(f"  [dim]{ui.escape(help_text)}[/]")
     message = question.text(answers)
     if question.kind == "select":
         choices = [questionary.Choice(title, value=value) for title, value in question.choices]

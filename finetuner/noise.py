@@ -66,4 +66,4 @@ def routed_to_log(out_dir: str | Path, verbose: bool = False):
         transformers_logging.enable_default_handler()
         if collector.count:
             ui.console.print(f"[dim]{collector.count} library warning{'s' * (collector.count > 1)} went to "
-                             f"{ui._escape(str(collector.path))} (--verbose shows them here)[/]", soft_wrap=True)
+                             f"{ui.escape(str(collector.path))} (--verbose shows them here)[/]", soft_wrap=True)

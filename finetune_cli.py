@@ -283,7 +283,9 @@ def run(args: argparse.Namespace) -> int:
         return 130
     if not distributed.is_main_process():
         return 0  # the main process saved the model; it alone benchmarks and uploads
-    describe_adapter(cfg)
+    from finetuner import model_card
+
+    model_card.write_adapter_card(cfg, cfg.output_dir)
 
     if cfg.benchmark and applies("benchmark", cfg):
         with noise.routed_to_log(cfg.output_dir, args.verbose):
@@ -341,16 +343,6 @@ def offer_launch(cfg: RunConfig) -> None:
     if questionary.confirm("Write launch configs to run this on several GPUs or machines?",
                            default=False).unsafe_ask():
         write_launch_stage(cfg, Path(cfg.output_dir) / "launch")
-
-
-def describe_adapter(cfg: RunConfig) -> None:
-    """Replace PEFT's blank README template next to the adapter with finetuner's card."""
-    from finetuner import artifacts
-    from finetuner.hub import CARD_FILE, model_card
-
-    adapter_dir = Path(cfg.output_dir) / artifacts.ADAPTER_DIR
-    if adapter_dir.is_dir():
-        artifacts.write_text_atomic(adapter_dir / CARD_FILE, model_card(cfg, None, adapter=True))
 
 
 def benchmark_stage(cfg: RunConfig, show_samples: int) -> None:

@@ -38,7 +38,7 @@ def lora_run_without_template(tmp_path_factory, tokenizer_dir, qa_file):
 
 def test_model_card_usage_snippet_runs_for_a_model_without_a_chat_template(lora_run_without_template):
     from finetune_cli import config_of
-    from finetuner.hub import model_card
+    from finetuner.model_card import model_card
 
     out = lora_run_without_template
     card = model_card(config_of(str(out)), None, adapter=True)

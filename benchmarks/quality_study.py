@@ -47,7 +47,7 @@ import torch  # noqa: E402
 from finetuner import artifacts, benchmark, models, ui  # noqa: E402
 from finetuner.config import BUILTIN_MODEL, RunConfig, coerce  # noqa: E402
 from finetuner.metrics import loop_rate  # noqa: E402
-from finetuner.wizard import parse_overrides  # noqa: E402
+from finetuner.wizard.answers import parse_overrides  # noqa: E402
 from finetuner.data import encode_prompt, load_rows  # noqa: E402
 from finetuner.formatting import render_prompt  # noqa: E402
 from finetuner.teachers.cache import CACHE_FILE as GENERATION_CACHE  # noqa: E402

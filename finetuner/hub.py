@@ -14,7 +14,7 @@ from pathlib import Path
 from finetuner import artifacts, benchmark
 from finetuner.model_card import CARD_FILE, write_model_card
 from finetuner.ui import UserError
-from finetuner.wizard import ANSWERS_FILE
+from finetuner.wizard.answers import ANSWERS_FILE
 
 # Never uploaded even if they sit in the model folder: training state, not the model.
 _SKIPPED_NAMES = {"optimizer.pt", "scheduler.pt", "trainer_state.json", "training_args.bin", CARD_FILE}

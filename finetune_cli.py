@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """finetuner: from "I have a model and some data" to a fine-tuned or distilled model.
 
-The recipe, top to bottom: resolve answers -> summary + confirm -> train -> benchmark -> upload.
+The recipe, top to bottom (`run`): resolve answers -> plan + confirm -> generate (a teacher that
+writes) -> train -> SFT baseline -> benchmark -> upload -> summary; each stage is a function below.
 The ML stack is imported only after the questions, so the first prompt appears at once.
 """
 
@@ -15,8 +16,8 @@ from pathlib import Path
 
 from finetuner import __version__, distributed, noise, ui
 from finetuner.config import RunConfig, applies, warnings_for
-from finetuner.wizard.answers import ANSWERS_FILE, parse_overrides, replay_command, save_answers
-from finetuner.wizard.gather import AnswerOptions, config_of, edit_one_setting, gather, hub_token_for_upload
+from finetuner.wizard.answers import answers_path, parse_overrides, replay_command, resume_command, save_answers
+from finetuner.wizard.gather import AnswerOptions, edit_one_setting, gather
 from finetuner.wizard.prompts import confirm_start
 
 
@@ -103,17 +104,6 @@ def answer_options(args: argparse.Namespace) -> AnswerOptions:
                          check_output_dir=distributed.is_main_process() and not args.write_launch)
 
 
-def answers_path(out_dir: str) -> Path:
-    return Path(out_dir) / ANSWERS_FILE
-
-
-def resume_command(out_dir: str) -> str:
-    # Under torchrun / accelerate launch, the same launcher and process count resume the run.
-    launcher = f"<the same launcher, {distributed.world_size()} processes>" if distributed.world_size() > 1 \
-        else "python"
-    return replay_command(answers_path(out_dir), "--resume", "--yes", launcher=launcher)
-
-
 # ---- plan and confirm -----------------------------------------------------------------------
 
 def plan_stage(args: argparse.Namespace, cfg: RunConfig, secrets: dict):
@@ -175,7 +165,8 @@ def generate_stage(cfg: RunConfig):
 
     # Under a launcher the main process writes the responses (its cache); the others then find them
     # all there and request none, so no prompt is paid for twice.
-    return distributed.main_process_first(lambda: write_for(cfg, resume_command(cfg.output_dir)))
+    resume = resume_command(cfg.output_dir, distributed.world_size())
+    return distributed.main_process_first(lambda: write_for(cfg, resume))
 
 
 def generate_only_stage(teacher_data, out_dir: str) -> int:
@@ -184,7 +175,7 @@ def generate_only_stage(teacher_data, out_dir: str) -> int:
         raise ui.UserError("--generate-only needs a teacher that writes",
                            hint="set distillation_mode responses or hybrid")
     ui.success(f"Generation done; read or edit {Path(out_dir) / 'teacher_responses.jsonl'}, then "
-               f"train with:  {resume_command(out_dir)}")
+               f"train with:  {resume_command(out_dir, distributed.world_size())}")
     return 0
 
 
@@ -205,7 +196,8 @@ def train_stage(tuner, cfg: RunConfig, resume: bool, verbose: bool):
         result = tuner.train_distillation(resume=resume) if cfg.is_distillation else tuner.train(resume=resume)
     if result.interrupted:
         distributed.finish()
-        ui.warning(f"Interrupted; checkpoint saved. Resume with:  {resume_command(cfg.output_dir)}")
+        resume = resume_command(cfg.output_dir, distributed.world_size())
+        ui.warning(f"Interrupted; checkpoint saved. Resume with:  {resume}")
     else:
         ui.success(f"Model saved in {result.model_dir}")
     return result
@@ -240,12 +232,10 @@ def benchmark_stage(cfg: RunConfig, show_samples: int, verbose: bool = False) ->
         benchmark_output(cfg, cfg.output_dir, show_samples=show_samples)
 
 
-def upload_stage(cfg: RunConfig, token: str | None, out_dir: str | None = None) -> str:
+def upload_stage(cfg: RunConfig, token: str | None) -> str:
     from finetuner import hub
 
-    url = hub.publish(cfg, out_dir or cfg.output_dir, token=token)
-    ui.success(f"Uploaded to {url}")
-    return url
+    return hub.publish(cfg, cfg.output_dir, token=token)
 
 
 def write_launch_stage(answers: dict, directory: Path) -> int:
@@ -267,20 +257,15 @@ def offer_launch(answers: dict, out_dir: str) -> None:
 
 def finished_run_stage(args: argparse.Namespace) -> int:
     """--benchmark-only, --upload-only or --chat: work on a finished run, from its answers file."""
+    from finetuner import finished
+
     overrides = parse_overrides(args.set)
     if args.benchmark_only:
-        from finetuner.evaluation import benchmark_output
-
-        benchmark_output(config_of(args.benchmark_only, overrides), args.benchmark_only,
-                         show_samples=args.show_samples)
+        finished.benchmark(args.benchmark_only, overrides, args.show_samples)
     elif args.upload_only:
-        cfg = config_of(args.upload_only, {"upload": True, **overrides})
-        upload_stage(cfg, hub_token_for_upload(), args.upload_only)
+        finished.upload(args.upload_only, overrides)
     else:
-        from finetuner import chat
-
-        with noise.routed_to_log(args.chat, args.verbose):
-            chat.run(config_of(args.chat, overrides), args.chat, compare=args.compare)
+        finished.chat(args.chat, overrides, args.compare, args.verbose)
     return 0
 
 

@@ -11,7 +11,7 @@ import os
 import shlex
 from pathlib import Path
 
-from finetuner import artifacts, benchmark
+from finetuner import artifacts, benchmark, ui
 from finetuner.model_card import CARD_FILE, write_model_card
 from finetuner.ui import UserError
 from finetuner.wizard.answers import ANSWERS_FILE
@@ -138,6 +138,8 @@ def _scrub(text: str, token: str) -> str:
 
 
 def publish(cfg, out_dir: str | Path, token: str | None = None) -> str:
-    """The wizard's last step: write the model card, then upload. Returns the repo URL."""
+    """A run's last step: write the model card, then upload and say where. Returns the repo URL."""
     write_model_card(cfg, out_dir)
-    return upload(out_dir, cfg.hub_repo, cfg.hub_private, token or find_token())
+    url = upload(out_dir, cfg.hub_repo, cfg.hub_private, token or find_token())
+    ui.success(f"Uploaded to {url}")
+    return url

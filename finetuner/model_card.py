@@ -38,7 +38,8 @@ def write_model_card(cfg, out_dir: str | Path) -> Path:
     """Write OUT/README.md from the answers and OUT/benchmark.json (when benchmarked)."""
     out = Path(out_dir)
     path = out / CARD_FILE
-    path.write_text(model_card(cfg, benchmark.load(out), adapter=not (out / artifacts.MODEL_DIR).is_dir()), encoding="utf-8")
+    adapter = not (out / artifacts.MODEL_DIR).is_dir()  # without a merged model, the adapter is uploaded
+    path.write_text(model_card(cfg, benchmark.load(out), adapter=adapter), encoding="utf-8")
     return path
 
 

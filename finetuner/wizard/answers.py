@@ -53,6 +53,18 @@ def save_answers(path: str | os.PathLike, answers: Answers) -> Path:
     return path
 
 
+def answers_path(out_dir: str | os.PathLike) -> Path:
+    """Where a run's answers are saved: in its output directory, beside the model."""
+    return Path(out_dir) / ANSWERS_FILE
+
+
+def resume_command(out_dir: str | os.PathLike, world_size: int = 1) -> str:
+    """The command that continues the run in `out_dir` from its last checkpoint."""
+    # Under torchrun / accelerate launch, the same launcher and process count resume the run.
+    launcher = f"<the same launcher, {world_size} processes>" if world_size > 1 else "python"
+    return replay_command(answers_path(out_dir), "--resume", "--yes", launcher=launcher)
+
+
 def replay_command(path: str | os.PathLike, *flags: str, launcher: str = "python") -> str:
     """The command line that runs the answers file at `path` again (`launcher` runs the script)."""
     return " ".join([launcher, "finetune_cli.py --answers", str(path), *flags])

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from finetuner import ui
 from finetuner.config import RunConfig
-from finetuner.wizard.answers import (ANSWERS_FILE, find_previous_answers, load_answers, parse_overrides,
-                                      previous_defaults)
+from finetuner.wizard.answers import (ANSWERS_FILE, answers_path, find_previous_answers, load_answers,
+                                      parse_overrides, previous_defaults)
 from finetuner.wizard.prompts import ask, choose_setting
 from finetuner.wizard.questions import HUB_TOKEN, Answers
 from finetuner.wizard.resolve import Check, resolve
@@ -61,7 +61,7 @@ def edit_one_setting(options: AnswerOptions, cfg: RunConfig, secrets: Answers) -
 
 def config_of(out_dir: str, overrides: Answers | None = None) -> RunConfig:
     """The RunConfig an output directory was made with (its answers file)."""
-    path = Path(out_dir) / ANSWERS_FILE
+    path = answers_path(out_dir)
     if not path.is_file():
         raise ui.UserError(f"{out_dir} has no {ANSWERS_FILE}; is it a finetuner output directory?")
     given = {**load_answers(path), **(overrides or {}), "output_dir": out_dir}

@@ -48,7 +48,7 @@ from finetuner import artifacts, models, ui  # noqa: E402
 from finetuner.benchmark import measure, scores  # noqa: E402
 from finetuner.benchmark.scores import loop_rate  # noqa: E402
 from finetuner.config import BUILTIN_MODEL, RunConfig, coerce  # noqa: E402
-from finetuner.wizard import parse_overrides  # noqa: E402
+from finetuner.wizard.answers import parse_overrides  # noqa: E402
 from finetuner.formatting import encode_prompt  # noqa: E402
 from finetuner.data.reading import load_rows  # noqa: E402
 from finetuner.formatting import render_prompt  # noqa: E402

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from finetuner import plan  # noqa: E402
 from finetuner.config import RunConfig, coerce  # noqa: E402
-from finetuner.wizard import load_answers, parse_overrides  # noqa: E402
+from finetuner.wizard.answers import load_answers, parse_overrides  # noqa: E402
 
 
 def main() -> int:

@@ -15,6 +15,8 @@ from pathlib import Path
 import yaml
 
 from finetuner import artifacts
+from finetuner.wizard.answers import ANSWERS_FILE, replay_command, save_answers
+from finetuner.wizard.questions import Answers
 
 GUIDE = "LAUNCH.md"
 
@@ -76,17 +78,19 @@ def modes(gpus: int) -> list[Mode]:
 
 
 def command(mode: Mode, directory: Path, answers: str) -> str:
-    return (f"accelerate launch --config_file {directory / mode.file} {mode.launch_flags}"
-            f"finetune_cli.py --answers {answers} --yes")
+    launcher = f"accelerate launch --config_file {directory / mode.file} {mode.launch_flags}".rstrip()
+    return replay_command(answers, "--yes", launcher=launcher)
 
 
 def torchrun_command(answers: str, gpus: int) -> str:
-    return f"torchrun --standalone --nproc_per_node {gpus} finetune_cli.py --answers {answers} --yes"
+    return replay_command(answers, "--yes", launcher=f"torchrun --standalone --nproc_per_node {gpus}")
 
 
-def write_launch(directory: Path, answers: str, gpus: int) -> list[Path]:
-    """Write every mode's config and LAUNCH.md into `directory`; returns the paths written."""
+def write_launch(directory: Path, answers: Answers, gpus: int) -> list[Path]:
+    """Save `answers` into `directory`, then write every mode's config and LAUNCH.md beside them;
+    returns the paths of the configs and LAUNCH.md."""
     directory = Path(directory).resolve()  # the commands work from any directory
+    answers = str(save_answers(directory / ANSWERS_FILE, answers))
     written = []
     guide = [f"# Launching finetuner on more devices\n\nThe answers file `{answers}` stays the same in every "
              f"mode; only the launcher changes. The process count assumes {gpus} GPUs per machine: edit "

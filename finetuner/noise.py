@@ -2,12 +2,15 @@
 `loss_type=None`, "missing keys lm_head.weight" when a tied model resumes) goes into
 OUTPUT_DIR/library-warnings.log instead of through the progress line; one dimmed line says how
 many there were. `--verbose` leaves the libraries to print as they always do.
+
+Tracebacks Python or asyncio print for a Ctrl-C that was already handled are dropped.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import warnings
 from pathlib import Path
 
@@ -66,4 +69,25 @@ def routed_to_log(out_dir: str | Path, verbose: bool = False):
         transformers_logging.enable_default_handler()
         if collector.count:
             ui.console.print(f"[dim]{collector.count} library warning{'s' * (collector.count > 1)} went to "
-                             f"{ui._escape(str(collector.path))} (--verbose shows them here)[/]", soft_wrap=True)
+                             f"{ui.escape(str(collector.path))} (--verbose shows them here)[/]", soft_wrap=True)
+
+
+def hide_handled_interrupts() -> None:
+    """Drop the tracebacks printed for a Ctrl-C the CLI already handles ("Cancelled.", exit 130)."""
+    sys.unraisablehook = _drop_interrupted_cleanup
+    logging.getLogger("asyncio").addFilter(_DropLateInterrupt())
+
+
+def _drop_interrupted_cleanup(unraisable) -> None:
+    """A Ctrl-C that lands in a garbage-collection callback is ignored by Python, which prints a
+    traceback for it; the user already pressed Ctrl-C, so the traceback only alarms."""
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        sys.__unraisablehook__(unraisable)
+
+
+class _DropLateInterrupt(logging.Filter):
+    """A Ctrl-C that reaches prompt_toolkit just as a prompt closes makes asyncio log a traceback
+    from KeyProcessor.send_sigint; the interrupt itself is handled, so the traceback only alarms."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "send_sigint" not in record.getMessage()

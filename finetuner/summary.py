@@ -48,8 +48,9 @@ def commands(out_dir: Path, hub_repo: str | None, uploaded: str | None) -> list[
     if uploaded:
         upload = f"already uploaded: {uploaded}"
     else:
-        repo = shlex.quote(hub_repo or "USER/MODEL")
-        upload = f"python finetune_cli.py --upload-only {shlex.quote(str(out_dir))} --set hub_repo={repo}"
+        from finetuner.hub import upload_command
+
+        upload = upload_command(out_dir, hub_repo)
     return [("load in Python", load), ("chat with it", chat), ("upload it", upload)]
 
 

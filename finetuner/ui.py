@@ -1,16 +1,20 @@
-"""The one console, the one user-facing error type, and the summary table.
+"""The one console, the one user-facing error type, the summary table, the prompts and byte sizes.
 
 Message lines never wrap (soft_wrap): hints often hold a command to copy and paste.
 
 Everything the user reads goes through `console`. User strings are printed with
 markup=False so a model id like `[org/model]` is never read as rich markup.
+
+Every question the user answers at the terminal goes through the prompts below, the one place
+questionary is called. Each raises KeyboardInterrupt on Ctrl-C, which the CLI turns into
+"Cancelled." and exit status 130.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from rich.console import Console
 from rich.table import Table
@@ -36,7 +40,7 @@ def is_interactive() -> bool:
 
 
 def step(text: str) -> None:
-    console.print(f"[bold cyan]▶[/] {_escape(text)}", soft_wrap=True)
+    console.print(f"[bold cyan]▶[/] {escape(text)}", soft_wrap=True)
 
 
 def info(text: str) -> None:
@@ -44,20 +48,20 @@ def info(text: str) -> None:
 
 
 def success(text: str) -> None:
-    console.print(f"[bold green]✔[/] {_escape(text)}", soft_wrap=True)
+    console.print(f"[bold green]✔[/] {escape(text)}", soft_wrap=True)
 
 
 def warning(text: str) -> None:
-    console.print(f"[bold yellow]![/] {_escape(text)}", soft_wrap=True)
+    console.print(f"[bold yellow]![/] {escape(text)}", soft_wrap=True)
 
 
 def error(err: UserError, rank: int | None = None) -> None:
     where = "" if rank is None else f" (rank {rank})"
-    err_console.print(f"[bold red]Error{where}:[/] {_escape(err.message)}", soft_wrap=True)
+    err_console.print(f"[bold red]Error{where}:[/] {escape(err.message)}", soft_wrap=True)
     for line in err.details:
-        err_console.print(f"  - {_escape(line)}", soft_wrap=True)
+        err_console.print(f"  - {escape(line)}", soft_wrap=True)
     if err.hint:
-        err_console.print(f"[dim]Hint:[/] {_escape(err.hint)}", soft_wrap=True)
+        err_console.print(f"[dim]Hint:[/] {escape(err.hint)}", soft_wrap=True)
 
 
 def table(title: str, rows: Mapping[str, object] | Iterable[tuple[str, object]]) -> None:
@@ -71,7 +75,63 @@ def table(title: str, rows: Mapping[str, object] | Iterable[tuple[str, object]])
     console.print(grid)
 
 
-def _escape(text: str) -> str:
-    from rich.markup import escape
+def escape(text: str) -> str:
+    """`text` made safe to put inside rich markup (a user string between [dim] and [/])."""
+    from rich.markup import escape as rich_escape
 
-    return escape(str(text))
+    return rich_escape(str(text))
+
+
+def size(num_bytes: float) -> str:
+    """A byte count as people read it: "512 bytes", "3.4 MB", "340 MB", "1.2 GB", "1,234 GB".
+
+    Decimal units, as disks and memory plans are quoted; two significant digits at least. GB is the
+    largest unit, so sizes from the disk check, the memory plan and the teacher cache compare at a glance."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if num_bytes >= scale:
+            value = num_bytes / scale
+            return f"{value:.1f} {unit}" if round(value, 1) < 10 else f"{value:,.0f} {unit}"
+    return f"{num_bytes:.0f} bytes"
+
+
+# ---- prompts --------------------------------------------------------------------------------
+# questionary is imported inside each prompt: it is only needed once a question is asked.
+
+def confirm(message: str, default: bool = False) -> bool:
+    """Yes or no."""
+    import questionary
+
+    return bool(questionary.confirm(message, default=default).unsafe_ask())
+
+
+def choose(message: str, choices: Iterable[tuple[str, Any]], default: Any = None, search: bool = False) -> Any:
+    """The value of one of `choices` ((title, value) pairs), the one whose value is `default`
+    highlighted first. `search`: typing filters the list (so j and k are letters, not moves)."""
+    import questionary
+
+    options = [questionary.Choice(title, value=value) for title, value in choices]
+    chosen = next((option for option in options if option.value == default), None)
+    filtering = {"use_search_filter": True, "use_jk_keys": False} if search else {}
+    return questionary.select(message, choices=options, default=chosen, **filtering).unsafe_ask()
+
+
+def secret(message: str) -> str:
+    """Typed text shown as stars, for a token."""
+    import questionary
+
+    return questionary.password(message).unsafe_ask()
+
+
+def text(message: str, default: Any = None, paths: bool = False) -> Any:
+    """Typed text, `default` when the user just presses Enter.
+
+    The default is not prefilled: it shows greyed out and Enter takes it, so typing replaces it
+    rather than appending to it. `paths`: Tab completes file names."""
+    import questionary
+    from prompt_toolkit.formatted_text import FormattedText
+
+    shown = "" if default is None else str(default)
+    placeholder = FormattedText([("fg:ansibrightblack", shown)])
+    prompt = questionary.path if paths else questionary.text
+    typed = prompt(message, placeholder=placeholder).unsafe_ask()
+    return default if not str(typed).strip() else typed

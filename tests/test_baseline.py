@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 import finetune_cli
-from finetuner import artifacts, hub
+from finetuner import artifacts
 from finetuner.config import RunConfig
+from finetuner.model_card import model_card
 
 
 @pytest.mark.slow
@@ -47,6 +48,6 @@ def test_sft_baseline_trains_the_same_student_plainly_and_the_verdict_compares(t
     assert beat["passed"] == (beat["measured"] > 0)
     assert report["verdict"]["summary"].startswith(("Distillation paid", "Not yet worth keeping"))
 
-    card = hub.model_card(RunConfig(**yaml.safe_load((out / "finetuner-answers.yaml").read_text())), report,
-                          adapter=False)
+    card = model_card(RunConfig(**yaml.safe_load((out / "finetuner-answers.yaml").read_text())), report,
+                      adapter=False)
     assert "### Verdict" in card and report["verdict"]["summary"] in card and "SFT baseline" in card

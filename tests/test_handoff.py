@@ -37,8 +37,8 @@ def lora_run_without_template(tmp_path_factory, tokenizer_dir, qa_file):
 
 
 def test_model_card_usage_snippet_runs_for_a_model_without_a_chat_template(lora_run_without_template):
-    from finetune_cli import config_of
-    from finetuner.hub import model_card
+    from finetuner.model_card import model_card
+    from finetuner.wizard.gather import config_of
 
     out = lora_run_without_template
     card = model_card(config_of(str(out)), None, adapter=True)
@@ -116,9 +116,9 @@ def test_chat_writes_each_turn_in_the_training_format(lora_run_without_template,
     """Multi-turn: the second message is sent with the first exchange before it, as training wrote it."""
     from transformers import AutoTokenizer
 
-    from finetune_cli import config_of
     from finetuner import chat
     from finetuner.formatting import render_messages_prompt
+    from finetuner.wizard.gather import config_of
 
     seen = []
     original = chat._encode

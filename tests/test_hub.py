@@ -14,6 +14,7 @@ from finetuner import hub
 from finetuner.benchmark.comparison import compare, save
 from finetuner.benchmark.measure import ModelResult
 from finetuner.config import RunConfig
+from finetuner.model_card import model_card, write_model_card
 from finetuner.ui import UserError
 
 TOKEN = "hf_TestTokenThatMustNeverLeak0123456789"
@@ -61,7 +62,7 @@ def run_dir(tmp_path, tiny_llama, qa_file) -> tuple[Path, RunConfig]:
     cfg = RunConfig(model=str(tiny_llama), dataset=str(qa_file), upload=True, hub_repo=REPO)
     (out / "finetuner-answers.yaml").write_text(yaml.safe_dump(cfg.to_answers(), sort_keys=False))
     save(_report(), out)
-    hub.write_model_card(cfg, out)
+    write_model_card(cfg, out)
     return out, cfg
 
 
@@ -120,7 +121,7 @@ def test_model_card_metadata_parses(run_dir, tiny_llama):
 def test_distilled_adapter_card_names_base_teacher_and_dataset():
     cfg = RunConfig(approach="distillation", student_layers=15, student_training="lora", merge_adapter=False,
                     temperature=3.0, alpha=0.25, hub_repo="alice/small")
-    text = hub.model_card(cfg, None, adapter=True)
+    text = model_card(cfg, None, adapter=True)
     metadata = yaml.safe_load(text.split("---")[1])
     assert metadata["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert metadata["library_name"] == "peft"
@@ -138,7 +139,7 @@ def test_distilled_adapter_card_names_base_teacher_and_dataset():
 def test_card_of_a_student_taught_by_written_answers_says_so():
     cfg = RunConfig(approach="distillation", distillation_mode="responses", teacher="org/big-teacher",
                     student="org/small", student_layers=None, long_rows="drop", hub_repo="alice/small")
-    text = hub.model_card(cfg, None, adapter=False)
+    text = model_card(cfg, None, adapter=False)
     assert "fine-tuned on answers written by org/big-teacher" in text
     assert "| distillation_mode | responses |" in text and "| long_rows | drop |" in text
     assert "| divergence |" not in text and "| temperature |" not in text  # no logits were matched
@@ -146,7 +147,7 @@ def test_card_of_a_student_taught_by_written_answers_says_so():
 
 def test_hub_model_and_dataset_ids_go_into_the_metadata():
     cfg = RunConfig(model="org/base-model", method="qlora", dataset="org/qa-data", hub_repo="alice/qa")
-    metadata = yaml.safe_load(hub.model_card(cfg, _report(), adapter=False).split("---")[1])
+    metadata = yaml.safe_load(model_card(cfg, _report(), adapter=False).split("---")[1])
     assert metadata["base_model"] == "org/base-model" and metadata["datasets"] == ["org/qa-data"]
     assert "license" not in metadata  # unknown for an arbitrary Hub model
     assert metadata["tags"] == ["finetuner", "qlora", "text-generation"]

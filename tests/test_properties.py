@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from finetuner.config import FIELD_NAMES, RunConfig
 from finetuner.ui import UserError
-from finetuner.wizard import load_answers, resolve
+from finetuner.wizard.answers import load_answers
+from finetuner.wizard.resolve import resolve
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
                     st.text(max_size=12), st.sampled_from(["lora", "qlora", "distillation", "4bit", "gsm8k",

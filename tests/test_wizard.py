@@ -4,7 +4,8 @@ import pytest
 
 from finetuner.config import RunConfig
 from finetuner.ui import UserError
-from finetuner.wizard import load_answers, parse_overrides, resolve, save_answers
+from finetuner.wizard.answers import load_answers, parse_overrides, save_answers
+from finetuner.wizard.resolve import resolve
 
 
 def scripted(replies: dict):

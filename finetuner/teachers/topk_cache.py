@@ -140,10 +140,8 @@ def check_directory(directory: Path, current: dict) -> dict | None:
         return manifest
     message = f"the teacher cache in {directory} was built for another run: {'; '.join(problems)}"
     if ui.is_interactive():
-        import questionary
-
         ui.warning(message)
-        if questionary.confirm(f"Delete the cache files in {directory} and rebuild them?", default=False).unsafe_ask():
+        if ui.confirm(f"Delete the cache files in {directory} and rebuild them?", default=False):
             remove(directory)
             return None
     raise ui.UserError(message, hint="choose another teacher_cache directory, or delete this one to rebuild it")

@@ -95,7 +95,8 @@ QUESTIONS: tuple[Question, ...] = (
               ("QLoRA: LoRA on a 4/8-bit quantised model (least memory)", "qlora"),
               ("AdaLoRA: LoRA that moves rank to where it helps", "adalora")),
              help="LoRA is the usual choice; QLoRA when memory is tight; AdaLoRA to let rank follow the data."),
-    # Teachers that write (issue 11): where the teacher lives, asked before its name.
+    # A teacher that writes: where it lives is asked before its name, since an API teacher's name is
+    # a model at that endpoint, not something to find locally.
     Question("teacher_api_base", "Teacher behind an OpenAI-compatible endpoint? Its base URL (Enter: a local teacher)",
              optional_in_files=True,
              help="e.g. http://127.0.0.1:8000/v1 for vLLM, llama.cpp, Ollama or `transformers serve`; "
@@ -142,7 +143,7 @@ QUESTIONS: tuple[Question, ...] = (
              optional_in_files=True),
     Question("generation_token_budget", "Spend cap in tokens, prompts + responses (Enter: no cap)",
              optional_in_files=True),
-    # Teacher cache (issue 12)
+    # The teacher cache: a teacher's top-k outputs kept on disk, so the teacher runs once.
     Question("teacher_cache", "Cache the teacher's top-k outputs in a directory, reused by every epoch and "
                               "later run (Enter for none)", optional_in_files=True,
              help="The teacher then runs once; a complete cache trains students without loading the teacher."),
@@ -179,12 +180,12 @@ QUESTIONS: tuple[Question, ...] = (
              help="username/model-name (or org/model-name); created if it does not exist."),
     Question("hub_private", "Make the repository private?", "confirm",
              help="A private repository is visible only to you (and your organisation)."),
-    # Scaling out and memory (issue 14).
+    # Memory: what to lower when the plan says the run does not fit; answers file or --set only.
     Question("gradient_checkpointing", "Use gradient checkpointing (about a third slower, far less activation memory)?",
              "confirm", ask=False),
     Question("teacher_quantization", "Load the teacher in 8 or 4 bits (less memory, a slightly worse teacher)?",
              "select", (("No: its own precision", None), ("8-bit", "8bit"), ("4-bit NF4", "4bit")), ask=False),
-    # Did it pay? (issue 15): answers file or --set only.
+    # Whether the run paid off: baselines, held-out evaluation and tracking; answers file or --set only.
     Question("sft_baseline", "Also train the same student by plain fine-tuning, to compare", "confirm", ask=False),
     Question("eval_steps", "Evaluate held-out loss every this many steps (keeps the best checkpoint)", ask=False),
     Question("early_stopping_patience", "Stop after this many evaluations without improvement", ask=False),
@@ -199,7 +200,8 @@ QUESTIONS: tuple[Question, ...] = (
     Question("save_steps", "Save a checkpoint every this many steps", ask=False),
     Question("seed", "Random seed", ask=False),
     Question("max_new_tokens", "Tokens to generate per benchmark prompt", ask=False),
-    # What the student learns from (issue 13): answers file or --set (see DISTILLATION_UPDATE.md).
+    # What the student learns from (objectives beyond plain KL): answers file or --set only
+    # (see DISTILLATION_UPDATE.md).
     Question("divergence", "Divergence between teacher and student", "select",
              (("Forward KL: cover everything the teacher might say", "forward_kl"),
               ("Reverse KL: commit to the teacher's main answer (mode-seeking)", "reverse_kl"),
@@ -212,7 +214,7 @@ QUESTIONS: tuple[Question, ...] = (
     Question("hidden_state_loss", "Hidden-state distance", "select",
              (("Mean squared error", "mse"), ("Cosine", "cosine")), ask=False),
     Question("hidden_state_layers", "Layer map: auto, or student:teacher pairs like 3:7,7:15", ask=False),
-    # Teachers that write (issue 11), advanced.
+    # A teacher that writes: how it samples, batches and retries; answers file or --set only.
     Question("generation_top_p", "Teacher nucleus sampling top-p", ask=False),
     Question("generation_concurrency", "API requests in flight at once", ask=False),
     Question("generation_batch_size", "Prompts per batch for a local teacher", ask=False),

@@ -1,5 +1,4 @@
-"""One loop resolves every answer, whether it comes from a file, `--set`, a prompt or a default;
-plus the answers-file dump/load pair that makes every run replayable.
+"""One loop resolves every answer, whether it comes from a file, `--set`, a prompt or a default.
 
 Resolution order per question: skip if it doesn't apply -> value given -> ask (on a terminal)
 -> default (`--defaults` or advanced settings) -> report as missing.
@@ -8,98 +7,16 @@ Resolution order per question: skip if it doesn't apply -> value given -> ask (o
 from __future__ import annotations
 
 import difflib
-import os
-import tempfile
-from pathlib import Path
 from typing import Any, Callable
-
-import yaml
 
 from finetuner import ui
 from finetuner.config import FIELD_NAMES, applies, coerce, default_for
 from finetuner.config_checks import check_field, cross_check
-from finetuner.questions import HUB_TOKEN, QUESTIONS, Answers, Question
 from finetuner.sources import check_model, hub_offline
+from finetuner.wizard.questions import HUB_TOKEN, QUESTIONS, Answers, Question
 
-ANSWERS_FILE = "finetuner-answers.yaml"
 Check = Callable[[Any], "str | None"]
 Ask = Callable[[Question, Any, Answers], Any]
-
-
-# ---- answers files --------------------------------------------------------------------------
-
-def load_answers(path: str | os.PathLike) -> Answers:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ui.UserError(f"answers file not found: {path}", hint="check the path given to --answers")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ui.UserError(f"can't read answers file {path}: {exc}")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" at line {where.line + 1}" if where else ""
-        raise ui.UserError(f"answers file {path} is not valid YAML{line}",
-                           hint="it should be flat 'key: value' lines, as finetuner writes them")
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ui.UserError(f"answers file {path} must be a mapping of setting: value, "
-                           f"not a {type(data).__name__}")
-    return {str(k): v for k, v in data.items()}
-
-
-def save_answers(path: str | os.PathLike, answers: Answers) -> Path:
-    """Write answers atomically (temp file + rename), never including secrets."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    secret_keys = {q.key for q in (*QUESTIONS, HUB_TOKEN) if q.secret}
-    public = {k: v for k, v in answers.items() if k not in secret_keys}
-    body = ("# finetuner answers: replay with  python finetune_cli.py --answers " + str(path) + "\n"
-            + yaml.safe_dump(public, sort_keys=False, allow_unicode=True))
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as tmp:
-        tmp.write(body)
-    os.replace(tmp.name, path)
-    return path
-
-
-def find_previous_answers(root: str | os.PathLike = ".", depth: int = 3) -> Path | None:
-    """The newest answers file in the directory tree below `root` (symlinks, hidden folders and
-    checkpoints not followed), whose answers become the defaults of a new interactive run."""
-    root = Path(root)
-    found: list[Path] = []
-    for folder, subfolders, files in os.walk(root):
-        level = len(Path(folder).relative_to(root).parts)
-        subfolders[:] = [] if level >= depth else [d for d in subfolders if not d.startswith((".", "checkpoint"))
-                                                    and d not in ("node_modules", "__pycache__")]
-        if ANSWERS_FILE in files:
-            found.append(Path(folder) / ANSWERS_FILE)
-    return max(found, key=lambda p: p.stat().st_mtime, default=None)
-
-
-# A new run should not write into the previous run's folder by default.
-NOT_REUSED = ("output_dir",)
-
-
-def previous_defaults(path: Path) -> Answers:
-    try:
-        answers = load_answers(path)
-    except ui.UserError:
-        return {}
-    return {k: v for k, v in answers.items() if k in FIELD_NAMES and k not in NOT_REUSED}
-
-
-def parse_overrides(items: list[str]) -> Answers:
-    """`--set KEY=VALUE` pairs; values stay strings and are typed like any other answer."""
-    overrides = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ui.UserError(f"--set {item!r} is not KEY=VALUE", hint="e.g. --set epochs=1")
-        overrides[key.strip()] = value
-    return overrides
 
 
 # ---- validation -----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import torch
 from peft import AdaLoraConfig, LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import TrainerCallback
 
-from finetuner.quantization import keep_bnb_trainable
+from finetuner.models.quantization import keep_bnb_trainable
 
 # Ordered target lists, keyed by a module name only that family has.
 _FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (

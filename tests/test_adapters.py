@@ -10,7 +10,7 @@ import torch
 
 from finetuner import adapters, models
 from finetuner.config import RunConfig
-from finetuner.quantization import keep_bnb_trainable, quantization_available, quantization_config
+from finetuner.models.quantization import keep_bnb_trainable, quantization_available, quantization_config
 
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

@@ -19,6 +19,7 @@ import torch
 
 from finetuner import adapters, logits, models, ui
 from finetuner.losses import kd_loss, select_targets
+from finetuner.models import students
 from finetuner.objectives import hidden_states
 from finetuner.objectives.topk import teacher_topk, topk_kd_loss_from_hidden
 from finetuner.teachers.signal import LiveTeacher
@@ -151,8 +152,8 @@ def test_derived_student_trains(family):
     assert len(kept) == 2 and kept[0] == 0 and kept[-1] == 3 and calibration == calibration  # not NaN
     student = models.derive_student(teacher, 2, kept)
     assert student.config.num_hidden_layers == 2 and type(student) is type(teacher)
-    _, teacher_layers = models._layer_stack(teacher)
-    _, student_layers = models._layer_stack(student)
+    _, teacher_layers = students.layer_stack(teacher)
+    _, student_layers = students.layer_stack(student)
     for new, old in enumerate(kept):
         for (name, a), (_, b) in zip(student_layers[new].state_dict().items(),
                                      teacher_layers[old].state_dict().items()):

@@ -97,7 +97,7 @@ def _trainer(cfg: RunConfig, recipe: Recipe, model, signal, args, data, collate,
 
 def check_quantization(recipe: Recipe) -> None:
     from finetuner import ui
-    from finetuner.quantization import quantization_available
+    from finetuner.models.quantization import quantization_available
 
     if recipe.quantization and (why := quantization_available(recipe.quantization)):
         other = "student_training lora" if recipe.distils else "method lora"

@@ -62,10 +62,7 @@ def check_space(cfg: RunConfig) -> None:
         full = trains_all_weights(cfg)
         what = "checkpoints and the final model" if full else "the final model"
         raise ui.UserError(
-            f"not enough disk space for {out}: about {_gb(needed)} needed ({what}), {_gb(free)} free",
+            f"not enough disk space for {out}: about {ui.size(needed)} needed ({what}), {ui.size(free)} free",
             hint="free some space or choose an output_dir on a larger disk"
                  + ("; student_training: lora writes much smaller checkpoints" if full else ""))
 
-
-def _gb(count: int) -> str:
-    return f"{count / 1e9:.1f} GB" if count >= 1e8 else f"{count / 1e6:.0f} MB"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from finetuner import ui
 from finetuner.config import RunConfig
 from finetuner.recipe import Recipe
 
@@ -175,16 +176,16 @@ def rows_for(cfg: RunConfig, student: Shape, teacher: Shape | None, device: str,
     rows = []
     if teacher is not None:
         precision = cfg.teacher_quantization or compute_precision(device)
-        rows.append(("memory: teacher weights", f"{gb(need.teacher)} ({precision})"))
+        rows.append(("memory: teacher weights", f"{ui.size(need.teacher)} ({precision})"))
     quantized = Recipe.of(cfg).quantization
     what = f"adapter + frozen {quantized} base" if quantized else "adapter + frozen base" if cfg.uses_lora else "fp32"
     rows += [("memory: student weights" if teacher is not None else "memory: model weights",
-              f"{gb(need.student)} ({what})"),
-             ("memory: gradients + AdamW", gb(need.training_state)),
-             ("memory: activations", f"{gb(need.activations)} (batch {cfg.batch_size} x {cfg.max_length} tokens"
+              f"{ui.size(need.student)} ({what})"),
+             ("memory: gradients + AdamW", ui.size(need.training_state)),
+             ("memory: activations", f"{ui.size(need.activations)} (batch {cfg.batch_size} x {cfg.max_length} tokens"
                                      f"{', gradient checkpointing' if cfg.gradient_checkpointing else ''})"),
-             ("memory: loss buffers", gb(need.loss)),
-             ("memory: total", f"about {gb(need.total)} of {gb(free)} free {where}: "
+             ("memory: loss buffers", ui.size(need.loss)),
+             ("memory: total", f"about {ui.size(need.total)} of {ui.size(free)} free {where}: "
                                + ("fits" if fits(need, free) else "DOES NOT FIT"))]
     if not fits(need, free):
         rows += [("memory: to fit, try", choice) for choice in choices(cfg, student, teacher, device, free)]
@@ -206,33 +207,28 @@ def choices(cfg: RunConfig, student: Shape, teacher: Shape | None, device: str, 
         steps = cfg.gradient_accumulation * cfg.batch_size // batch
         if total(batch_size=batch, gradient_accumulation=steps) <= HEADROOM * free:
             found.append(f"batch_size {batch} with gradient_accumulation {steps} (the same effective batch): "
-                         f"{gb(total(batch_size=batch, gradient_accumulation=steps))}")
+                         f"{ui.size(total(batch_size=batch, gradient_accumulation=steps))}")
             break
         batch //= 2
     if not cfg.gradient_checkpointing and total(gradient_checkpointing=True) <= HEADROOM * free:
-        found.append(f"gradient_checkpointing: true (about a third slower): {gb(total(gradient_checkpointing=True))}")
+        found.append(f"gradient_checkpointing: true (about a third slower): {ui.size(total(gradient_checkpointing=True))}")
     if cfg.is_distillation and not cfg.uses_lora and total(student_training="lora") <= HEADROOM * free:
-        found.append(f"student_training: lora: {gb(total(student_training='lora'))}")
+        found.append(f"student_training: lora: {ui.size(total(student_training='lora'))}")
     if not cfg.is_distillation and cfg.method != "qlora" and total(method="qlora", quantization="4bit") <= HEADROOM * free:
-        found.append(f"method: qlora with quantization 4bit: {gb(total(method='qlora', quantization='4bit'))}")
+        found.append(f"method: qlora with quantization 4bit: {ui.size(total(method='qlora', quantization='4bit'))}")
     if cfg.is_distillation and teacher is not None:
         for bits in ("8bit", "4bit"):
             if cfg.teacher_quantization != bits and total(teacher_quantization=bits) <= HEADROOM * free:
-                found.append(f"teacher_quantization: {bits}: {gb(total(teacher_quantization=bits))} - the teacher's "
+                found.append(f"teacher_quantization: {bits}: {ui.size(total(teacher_quantization=bits))} - the teacher's "
                              "probabilities change slightly, so the student learns a slightly worse teacher")
                 break
     if device == "cuda":
         for gpus in (2, 4, 8, 16, 32, 64):
             shared = estimate(cfg, student, teacher, device, shards=gpus).total
             if shared <= HEADROOM * free:
-                found.append(f"{gpus} GPUs with FSDP or DeepSpeed ZeRO-3 (--write-launch DIR): {gb(shared)} per GPU")
+                found.append(f"{gpus} GPUs with FSDP or DeepSpeed ZeRO-3 (--write-launch DIR): {ui.size(shared)} per GPU")
                 break
     if not found:
         found.append("a smaller student or teacher: no single change above fits")
     return found
 
-
-def gb(count: float) -> str:
-    if count < 0.1 * GB:
-        return f"{count / 1e6:.0f} MB"
-    return f"{count / GB:.2f} GB" if count < 10 * GB else f"{count / GB:.0f} GB"

@@ -9,6 +9,7 @@ import pytest
 
 from finetuner import plan, probe
 from finetuner.config import RunConfig
+from finetuner.recipe import Recipe
 
 
 def distill(teacher, student, data, out, **settings) -> RunConfig:
@@ -21,7 +22,7 @@ def test_probe_times_a_distillation_step_and_the_plan_says_it_measured(tiny_llam
                                                                        tmp_path):
     cfg = distill(tiny_llama, tiny_llama_small, qa_file, tmp_path / "out")
     pre = plan.preflight(cfg)
-    measured = probe.measure(cfg, pre.data, pre.tokenizer)
+    measured = probe.measure(cfg, pre.recipe, pre.data, pre.tokenizer)
     assert measured.flops_per_second > 0 and measured.optimizer_seconds > 0
     estimate = plan.estimate(cfg, pre)
     assert estimate.how.startswith("measured: a probe step here ran") and estimate.seconds > 0
@@ -35,10 +36,11 @@ def test_two_epochs_are_estimated_at_about_twice_one(tiny_llama, tiny_llama_smal
     one = distill(tiny_llama, tiny_llama_small, qa_file, tmp_path / "out")
     pre = plan.preflight(one)
     rate, optimizer = 1e9, 0.01
-    twice = plan._seconds(dataclasses.replace(one, epochs=2), pre.data, rate, optimizer)
-    assert twice == pytest.approx(2 * plan._seconds(one, pre.data, rate, optimizer))
-    without_teacher = plan._seconds(dataclasses.replace(one, alpha=1.0), pre.data, rate, optimizer)
-    assert without_teacher < plan._seconds(one, pre.data, rate, optimizer)  # alpha 1 loads no teacher
+    def seconds(cfg):
+        return plan._seconds(Recipe.of(cfg), pre.data, rate, optimizer)
+
+    assert seconds(dataclasses.replace(one, epochs=2)) == pytest.approx(2 * seconds(one))
+    assert seconds(dataclasses.replace(one, alpha=1.0)) < seconds(one)  # alpha 1 loads no teacher
 
 
 def test_lora_fine_tuning_is_probed_through_its_adapter(tiny_gpt2, qa_file, tmp_path):

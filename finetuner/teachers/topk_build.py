@@ -33,13 +33,13 @@ def ensure(cfg: RunConfig, rows: datasets.Dataset, tokenizer, vocab_size: int,
     missing = [i for i in range(manifest["shards"]) if not (directory / shard_name(i)).is_file()]
     size = manifest["counted_tokens"] * manifest["bytes_per_token"]
     if not missing:
-        ui.success(f"Teacher cache complete in {directory} ({manifest['counted_tokens']:,} tokens, {size_text(size)}): "
+        ui.success(f"Teacher cache complete in {directory} ({manifest['counted_tokens']:,} tokens, {ui.size(size)}): "
                    "the teacher is not loaded")
         return TopKCache(directory)
     _check_space(directory, size * len(missing) / manifest["shards"])
     done = manifest["shards"] - len(missing)
     ui.step(f"Caching the teacher's top-{cfg.teacher_top_k} for {manifest['counted_tokens']:,} tokens in "
-            f"{directory} ({size_text(size)})" + (f"; resuming: {done} of {manifest['shards']} shards done" if done else ""))
+            f"{directory} ({ui.size(size)})" + (f"; resuming: {done} of {manifest['shards']} shards done" if done else ""))
     teacher = load_teacher()
     started, report_every = time.perf_counter(), max(1, len(missing) // 10)
     for number, index in enumerate(missing, start=1):
@@ -64,8 +64,8 @@ def _check_space(directory: Path, needed: float) -> None:
 
     free = free_bytes(directory)
     if needed > free:
-        raise ui.UserError(f"not enough disk space for the teacher cache in {directory}: about {size_text(needed)} "
-                           f"needed, {size_text(free)} free",
+        raise ui.UserError(f"not enough disk space for the teacher cache in {directory}: about {ui.size(needed)} "
+                           f"needed, {ui.size(free)} free",
                            hint="free some space, choose a teacher_cache on a larger disk, or lower teacher_top_k")
 
 

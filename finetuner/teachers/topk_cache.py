@@ -57,27 +57,24 @@ def plan_rows(cfg: RunConfig, data=None) -> list[tuple[str, str]]:
     manifest = complete_manifest(Path(cfg.teacher_cache))
     if manifest:
         size = manifest["counted_tokens"] * bytes_per_token(manifest["fingerprint"]["top_k"])
-        return [("teacher cache", f"complete: {manifest['counted_tokens']:,} tokens, {size_text(size)}; "
+        return [("teacher cache", f"complete: {manifest['counted_tokens']:,} tokens, {ui.size(size)}; "
                                   "the teacher is not loaded (if it matches this run)")]
     per_token = bytes_per_token(cfg.teacher_top_k)
     started = read_manifest(Path(cfg.teacher_cache))
     if started:
         done = sum((Path(cfg.teacher_cache).expanduser() / shard_name(i)).is_file() for i in range(started["shards"]))
         size = started["counted_tokens"] * started["bytes_per_token"]
-        return [("teacher cache", f"{done} of {started['shards']} shards written ({size_text(size)} in all); "
+        return [("teacher cache", f"{done} of {started['shards']} shards written ({ui.size(size)} in all); "
                                   "the build resumes there (if it matches this run)")]
     # In hybrid mode the teacher has not written the responses yet: only the bound is known.
     if data is not None and getattr(data, "train", None) is not None and not getattr(cfg, "teacher_writes", False):
         tokens = counted_tokens(data.train)
         return [("teacher cache", f"top-{cfg.teacher_top_k}, {per_token} bytes a counted token x {tokens:,} "
-                                  f"tokens = {size_text(tokens * per_token)}, written once to {cfg.teacher_cache}")]
+                                  f"tokens = {ui.size(tokens * per_token)}, written once to {cfg.teacher_cache}")]
     most = math.ceil(cfg.max_samples * (1 - cfg.eval_fraction)) * cfg.max_length
     return [("teacher cache", f"top-{cfg.teacher_top_k}, {per_token} bytes a counted token x at most {most:,} "
-                              f"tokens = at most {size_text(most * per_token)} (exact figure after tokenizing)")]
+                              f"tokens = at most {ui.size(most * per_token)} (exact figure after tokenizing)")]
 
-
-def size_text(count: float) -> str:
-    return f"{count / 1e9:.2f} GB" if count >= 1e9 else f"{count / 1e6:.1f} MB"
 
 
 # ---- the directory ----------------------------------------------------------------------------
@@ -117,7 +114,7 @@ def stands_in_for_teacher(cfg: RunConfig) -> bool:
     return is_complete(cfg) and sources.check_model(cfg.teacher) is not None
 
 
-def stored_vocabsize_text(cfg: RunConfig) -> int:
+def stored_vocab_size(cfg: RunConfig) -> int:
     return read_manifest(Path(cfg.teacher_cache))["fingerprint"]["vocab_size"]
 
 

@@ -57,7 +57,13 @@ def preflight(cfg: RunConfig) -> Preflight:
     if recipe.distils and cfg.questions_per_chunk:
         return Preflight(recipe, data=None, tokenizer=tokenizer)  # the teacher writes the rows after "Start?"
     # A teacher that writes replaces the responses later; the prompts are checked now.
-    return Preflight(recipe, data=prepare(cfg, tokenizer), tokenizer=tokenizer)
+    data = prepare(cfg, tokenizer)
+    if recipe.signal != "none" and cfg.on_policy_fraction:
+        from finetuner.objectives.on_policy import why_not_on_policy
+
+        if problem := why_not_on_policy(data.format.kind):
+            raise ui.UserError(problem)
+    return Preflight(recipe, data=data, tokenizer=tokenizer)
 
 
 def check_logits(recipe: Recipe, teacher_absent: bool) -> None:

@@ -99,6 +99,38 @@ def test_torchrun_two_processes_distill_like_one(tmp_path, tiny_llama, tiny_llam
     assert run.stdout.count("Model saved in") == 1 and run.stdout.count("training: ") == 1
 
 
+@pytest.mark.slow
+def test_torchrun_trains_the_hidden_state_projection_and_scores_held_out_rows_like_one(
+        tmp_path, tiny_llama, tokenizer, qa_file, monkeypatch):
+    """A narrower student's projection is synchronised like the student (it trains inside it), and
+    eval_ce / eval_kl are the means over every process's held-out rows, as eval_loss is."""
+    from conftest import build_llama
+
+    narrow = build_llama(tmp_path / "narrow", tokenizer, layers=2, hidden=32, seed=3)
+    settings = dict(hidden_state_weight=0.5, eval_steps=STEPS, eval_fraction=0.2)
+    torchrun(distill_answers(tmp_path, "two", tiny_llama, narrow, qa_file, PER_RANK_BATCH, **settings),
+             tmp_path / "trace2")
+    monkeypatch.setenv("FINETUNER_TRACE_DIR", str(tmp_path / "trace1"))
+    one = distill_answers(tmp_path, "one", tiny_llama, narrow, qa_file, 2 * PER_RANK_BATCH, **settings)
+    assert main(["--answers", str(one), "--defaults", "--yes"]) == 0
+
+    ranks = [read_trace(tmp_path / "trace2", r) for r in (0, 1)]
+    assert all(a["weights_sha1"] == b["weights_sha1"] for a, b in zip(*ranks)), "the ranks' weights differ"
+    start, w_one, w_two = (weights(tmp_path / d, 0, st) for d, st in (("trace1", 0), ("trace1", STEPS),
+                                                                        ("trace2", STEPS)))
+    projection = [k for k in w_one if "hidden_state_projection" in k]
+    assert projection and w_two.keys() == w_one.keys()
+    moved = distance({k: w_one[k] for k in projection}, {k: start[k] for k in projection})
+    assert moved > 0 and distance({k: w_two[k] for k in projection}, {k: w_one[k] for k in projection}) <= 0.01 * moved
+
+    def held_out(name: str) -> dict:
+        history = json.loads((tmp_path / name / "training_log.json").read_text())["log_history"]
+        return next(e for e in history if "eval_loss" in e)
+
+    for key in ("eval_loss", "eval_ce", "eval_kl"):
+        assert held_out("two")[key] == pytest.approx(held_out("one")[key], rel=0.02), key
+
+
 @pytest.mark.parametrize("build", ["llama", "gpt2", "llama-lora", "no-logits-to-keep"])
 def test_final_hidden_states_through_the_wrapper(tiny_llama, tiny_gpt2, build):
     """The wrapper's forward gives what the LM head sees, without computing [B, L, V] logits."""

@@ -134,6 +134,9 @@ def test_on_policy_training_step_scores_student_text(tiny_llama, tiny_llama_smal
     logs = [e for e in trainer.state.log_history if "loss" in e]
     assert logs[0]["loss"] == pytest.approx(expected.loss.item(), rel=1e-3)
     assert logs[0]["on_policy"] == 1.0 and logs[0]["gen_len"] == 4 and logs[0]["gen_capped"] == 1.0
+    # The student's CE on its own samples is not the reference CE the curve shows: every batch was
+    # on-policy, so no CE is logged at all.
+    assert "ce" not in logs[0] and "kl" in logs[0]
     assert all(p.grad is None for p in teacher.parameters())
     assert any(not torch.equal(before[n], p) for n, p in student.named_parameters() if p.requires_grad)
 
@@ -186,7 +189,7 @@ def test_hidden_states_train_a_narrower_student_and_save_without_projection(tmp_
                    student=str(narrow), student_layers=None, dataset=str(qa_file), max_samples=32, max_length=64,
                    epochs=1, batch_size=8, gradient_accumulation=1, learning_rate=3e-3, benchmark=False,
                    upload=False, seed=0, hidden_state_weight=0.5, hidden_state_loss="cosine",
-                   divergence="jsd", jsd_beta=0.5)
+                   divergence="jsd", jsd_beta=0.5, save_steps=2)
     path = tmp_path / "answers.yaml"
     path.write_text(yaml.safe_dump(answers))
     assert main(["--answers", str(path), "--defaults", "--yes"]) == 0
@@ -197,6 +200,25 @@ def test_hidden_states_train_a_narrower_student_and_save_without_projection(tmp_
     saved = load_file(str(out / "model" / "model.safetensors"))
     assert not any("proj" in k and "layers" not in k for k in saved), sorted(saved)
     assert json.loads((out / "model" / "config.json").read_text())["hidden_size"] == 32
+    # --resume needs the projection as it was: each checkpoint holds it beside the student.
+    from finetuner.objectives.hidden_states import CHECKPOINT_FILE
+
+    projection = torch.load(out / "checkpoints" / "checkpoint-2" / CHECKPOINT_FILE)
+    assert projection["projections.0.weight"].shape == (64, 32)
+
+
+def test_on_policy_with_plain_text_is_refused_before_start(tmp_path, tiny_llama, tiny_llama_small):
+    """Plain text has no prompts for the student to answer: refused at the plan, not an IndexError at step 1."""
+    from finetuner import plan, ui
+    from finetuner.config import RunConfig
+
+    text = tmp_path / "notes.txt"
+    text.write_text("".join(f"Line {i} of some notes about adding {i} and {i + 1}.\n" for i in range(40)))
+    cfg = RunConfig(approach="distillation", teacher=str(tiny_llama), student=str(tiny_llama_small),
+                    student_layers=None, dataset=str(text), on_policy_fraction=0.5, alpha=0.5,
+                    output_dir=str(tmp_path / "out"), max_length=64)
+    with pytest.raises(ui.UserError, match="prompts"):
+        plan.preflight(cfg)
 
 
 def test_plan_shows_the_layer_map(tiny_llama, tiny_llama_small):

@@ -193,3 +193,26 @@ def test_resume_without_a_checkpoint_says_so(tmp_path, tiny_llama, qa_file, caps
     path = answers_file(tmp_path, approach="fine-tuning", model=str(tiny_llama), dataset=str(qa_file))
     assert run_wizard(path, "--resume") == 1
     assert "no checkpoint to resume" in capsys.readouterr().err
+
+
+def test_step_one_never_trains_at_learning_rate_zero(tmp_path, tiny_llama, qa_file):
+    """transformers' linear warmup gives its first step lr 0, and warmup_steps=0.03 rounded up to a
+    whole step: a 4-step run lost a quarter of its training. Short runs now start at the peak."""
+    path = answers_file(tmp_path, approach="fine-tuning", model=str(tiny_llama), dataset=str(qa_file), method="lora",
+                        max_steps=4, epochs=1)
+    assert run_wizard(path) == 0
+    log = json.loads((tmp_path / "out" / "training_log.json").read_text())["log_history"]
+    rates = [entry["learning_rate"] for entry in log if "loss" in entry]
+    assert len(rates) == 4 and rates[0] == pytest.approx(3e-3) and all(rate > 0 for rate in rates)
+
+
+@pytest.mark.parametrize("total", [1, 4, 33, 34, 100, 1000])
+def test_warmup_is_a_share_of_the_real_steps_and_never_starts_at_zero(total):
+    from finetuner.training import schedule
+
+    warmup = schedule.warmup_steps(total)
+    assert warmup == int(0.03 * total)  # none below 34 steps
+    factors = [schedule.factor(step, warmup, total) for step in range(total)]
+    assert all(0 < f <= 1 for f in factors) and max(factors) == 1.0
+    assert factors == sorted(factors[:warmup]) + sorted(factors[warmup:], reverse=True)
+

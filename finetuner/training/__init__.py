@@ -74,15 +74,14 @@ def build(cfg: RunConfig, recipe: Recipe, prepared=None, written=None, kept_laye
 
 def _trainer(cfg: RunConfig, recipe: Recipe, model, signal, args, data, collate, tokenizer, kept_layers,
              checkpoint: str | None):
-    from transformers import Trainer
-
     from finetuner.training.arguments import callbacks
+    from finetuner.training.schedule import WarmupTrainer
 
     common = dict(model=model, args=args, eval_dataset=data.eval if cfg.eval_steps is not None else None,
                   data_collator=collate, processing_class=tokenizer,
                   callbacks=callbacks(recipe.adapter, cfg.early_stopping_patience))
     if signal is None:
-        return Trainer(train_dataset=data.train, **common)
+        return WarmupTrainer(train_dataset=data.train, **common)
     from finetuner.objectives import hidden_states, trainer_settings
     from finetuner.training.distill_trainer import DistillationTrainer
 

@@ -19,8 +19,7 @@ def training_arguments(cfg: RunConfig, out: Path) -> TrainingArguments:
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation,
         learning_rate=cfg.learning_rate,
-        lr_scheduler_type="linear",
-        warmup_steps=0.03,
+        lr_scheduler_type="linear",  # the schedule itself is training.schedule's (WarmupTrainer)
         weight_decay=0.0,
         logging_steps=1,
         save_strategy="steps",

@@ -14,10 +14,10 @@ import torch
 
 from finetuner import logits
 from finetuner.losses import select_targets
-from transformers import Trainer
+from finetuner.training.schedule import WarmupTrainer
 
 
-class DistillationTrainer(Trainer):
+class DistillationTrainer(WarmupTrainer):
     def __init__(self, *args, teacher, alpha: float, hidden=None, hidden_weight: float = 0.0, on_policy=None,
                  **kwargs):
         super().__init__(*args, **kwargs)

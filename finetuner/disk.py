@@ -11,39 +11,21 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from finetuner import models, ui
-from finetuner.config import RunConfig
+from finetuner import ui
+from finetuner.recipe import Recipe
 
 FP32_BYTES = 4
-CHECKPOINTS_KEPT = 2  # TrainingArguments.save_total_limit in trainer.py
+CHECKPOINTS_KEPT = 2  # TrainingArguments.save_total_limit in training/arguments.py
 MARGIN = 1.1  # tokenizer files, optimizer bookkeeping, the held-out rows and logs
 
 
-def parameter_count(name: str, keep_layers: int | None = None) -> int:
-    """Parameters of `name` (with only `keep_layers` decoder layers, for a derived student)."""
-    from accelerate import init_empty_weights
-    from transformers import AutoModelForCausalLM
-
-    config = models.load_config(name)
-    if keep_layers is not None:  # which layers are kept does not change the count
-        config = models.student_config(config, models.student_layer_indices(config.num_hidden_layers, keep_layers))
-    with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(config)
-    model.tie_weights()  # from_config leaves a tied LM head separate; count it once, as on disk
-    return models.count_parameters(model)
-
-
-def trains_all_weights(cfg: RunConfig) -> bool:
-    """Whether checkpoints hold full weights and optimizer state (else a small adapter's)."""
-    return not cfg.uses_lora
-
-
-def bytes_needed(cfg: RunConfig) -> int:
+def bytes_needed(recipe: Recipe) -> int:
     """About how many bytes the run writes into its output directory."""
-    params = parameter_count(cfg.student, cfg.student_layers) if cfg.is_distillation else parameter_count(cfg.model)
-    weights = params * FP32_BYTES
-    # LoRA: adapter checkpoints are a few MB; the merged (or, unmerged, the base-sized) model dominates.
-    checkpoints = CHECKPOINTS_KEPT * 3 * weights if trains_all_weights(cfg) else 0
+    from finetuner import models
+
+    weights = models.parameter_count(recipe.trained, recipe.derived_layers) * FP32_BYTES
+    # An adapter's checkpoints are a few MB; the merged (or, unmerged, the base-sized) model dominates.
+    checkpoints = CHECKPOINTS_KEPT * 3 * weights if recipe.adapter is None else 0
     return int((weights + checkpoints) * MARGIN)
 
 
@@ -55,11 +37,11 @@ def free_bytes(directory: Path) -> int:
     return shutil.disk_usage(existing).free
 
 
-def check_space(cfg: RunConfig) -> None:
-    out = Path(cfg.output_dir)
-    needed, free = bytes_needed(cfg), free_bytes(out)
+def check_space(recipe: Recipe, output_dir: str) -> None:
+    out = Path(output_dir)
+    needed, free = bytes_needed(recipe), free_bytes(out)
     if needed > free:
-        full = trains_all_weights(cfg)
+        full = recipe.adapter is None
         what = "checkpoints and the final model" if full else "the final model"
         raise ui.UserError(
             f"not enough disk space for {out}: about {ui.size(needed)} needed ({what}), {ui.size(free)} free",

@@ -168,7 +168,7 @@ def derived_facts(cfg: RunConfig, pre: Preflight, time: TimeEstimate) -> list[tu
     if pre.data is None:
         return [("device", device_name()),
                 ("rows", f"questions the teacher writes from {cfg.dataset} ({cfg.questions_per_chunk} per chunk)"),
-                ("disk needed", f"about {ui.size(disk.bytes_needed(cfg))}")]
+                ("disk needed", f"about {ui.size(disk.bytes_needed(pre.recipe))}")]
 
     stats = pre.data.stats
     total = pre.recipe.steps(stats["train_rows"])
@@ -182,7 +182,7 @@ def derived_facts(cfg: RunConfig, pre: Preflight, time: TimeEstimate) -> list[tu
     ]
     rows.append(("estimated training time",
                  f"about {duration(time.seconds)} ({time.how})" if time.seconds is not None else time.how))
-    rows.append(("disk needed", f"about {ui.size(disk.bytes_needed(cfg))}"))
+    rows.append(("disk needed", f"about {ui.size(disk.bytes_needed(pre.recipe))}"))
     return rows
 
 

@@ -83,13 +83,13 @@ def _models(cfg: RunConfig, recipe: Recipe, data):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from finetuner import adapters, disk, models
+    from finetuner import adapters, models
     from finetuner.memory_plan import free_memory
 
     name, layers = recipe.trained, recipe.derived_layers
     live_teacher = recipe.runs_teacher
-    student_params = disk.parameter_count(name, layers)
-    teacher_params = disk.parameter_count(recipe.teacher) if live_teacher else 0
+    student_params = models.parameter_count(name, layers)
+    teacher_params = models.parameter_count(recipe.teacher) if live_teacher else 0
     need = student_params * 16 + teacher_params * 2  # fp32 weights, gradients, Adam's two moments; bf16 teacher
     if need > MEMORY_SHARE * free_memory()[1]:
         raise ProbeSkipped(f"the models need about {need / 2**30:.1f} GB to probe")

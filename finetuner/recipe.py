@@ -86,16 +86,16 @@ class Recipe:
 
         Forward is 2 FLOPs per parameter per token, backward 4 (2 with frozen weights, as under an
         adapter). With a teacher, finetuner runs both LM heads on counted positions only."""
-        from finetuner import disk
+        from finetuner import models
 
-        student = disk.parameter_count(self.trained, self.derived_layers)
+        student = models.parameter_count(self.trained, self.derived_layers)
         head = _head_params(self.trained)
         train_factor = 4 if self.adapter else 6
         if self.gradient_checkpointing:
             train_factor += 2  # the forward pass runs again during backward
         if not self.runs_teacher:
             return train_factor * student * tokens
-        teacher = disk.parameter_count(self.teacher)
+        teacher = models.parameter_count(self.teacher)
         teacher_head = _head_params(self.teacher)
         body = train_factor * (student - head) * tokens + 2 * (teacher - teacher_head) * tokens
         heads = (train_factor * head + 2 * teacher_head) * label_tokens

@@ -11,11 +11,12 @@ from finetuner.models.loading import (LOCAL_HINT, cache_root, count_parameters, 
 from finetuner.models.precision import (CPU_DTYPE_ENV, Precision, cpu_bf16_speedup, cpu_precision_reason,
                                         cpu_uses_bf16, precision_policy)
 from finetuner.models.students import (ModelInfo, block_drop_candidates, check_student_plan, choose_student_layers,
-                                       derive_student, layer_info, student_config, student_layer_indices)
+                                       derive_student, layer_info, parameter_count, student_config,
+                                       student_layer_indices)
 from finetuner.models.tokenizers import check_tokenizers_match
 
 __all__ = ["LOCAL_HINT", "cache_root", "count_parameters", "load_config", "load_model", "load_teacher",
            "load_tokenizer", "resolve_model_path", "CPU_DTYPE_ENV", "Precision", "cpu_bf16_speedup",
            "cpu_precision_reason", "cpu_uses_bf16", "precision_policy", "ModelInfo", "block_drop_candidates",
-           "check_student_plan", "choose_student_layers", "derive_student", "layer_info", "student_config",
+           "check_student_plan", "choose_student_layers", "derive_student", "layer_info", "parameter_count", "student_config",
            "student_layer_indices", "check_tokenizers_match"]

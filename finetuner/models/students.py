@@ -11,7 +11,7 @@ from torch import nn
 
 from finetuner.ui import UserError
 
-from finetuner.models.loading import load_config
+from finetuner.models.loading import count_parameters, load_config
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -157,4 +157,15 @@ def derive_student(model, keep_layers: int, kept: list[int] | None = None):
     student.generation_config = copy.deepcopy(model.generation_config)
     return student
 
+def parameter_count(name: str, keep_layers: int | None = None) -> int:
+    """Parameters of `name` (with only `keep_layers` decoder layers, for a derived student)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
 
+    config = load_config(name)
+    if keep_layers is not None:  # which layers are kept does not change the count
+        config = student_config(config, student_layer_indices(config.num_hidden_layers, keep_layers))
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config)
+    model.tie_weights()  # from_config leaves a tied LM head separate; count it once, as on disk
+    return count_parameters(model)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from finetuner import ui
-from finetuner.teachers.topk_cache import (TopKCache, check_directory, shard_name, size_text, write_manifest)
+from finetuner.teachers.topk_cache import TopKCache, check_directory, shard_name, write_manifest
 
 if TYPE_CHECKING:
     import datasets

@@ -49,7 +49,7 @@ def build(cfg: RunConfig, recipe: Recipe, prepared=None, written=None, kept_laye
         written = write_for(cfg, "finetuner.training.train(cfg, recipe, resume=True)")
     check_quantization(recipe)
     tokenizer, vocab_size = shared_tokenizer(cfg, recipe)
-    disk.check_space(cfg)
+    disk.check_space(recipe, cfg.output_dir)
     data = prepare_data(cfg, tokenizer, prepared, written)
     collate = make_collator(tokenizer)
     signal = open_signal(cfg, recipe, data.train, tokenizer, vocab_size, written) \

@@ -177,6 +177,7 @@ def measure(trainer, args: argparse.Namespace) -> dict:
     # slow a 2-thread torch step far more than their share (threads wait for each other at every op).
     others = [max(0.0, (b[1] - a[1]) - (b[2] - a[2])) / ((b[0] - a[0]) * os.cpu_count()) for a, b in spans]
     teacher = getattr(trainer, "teacher", None) or getattr(trainer, "teacher_model", None)
+    teacher = getattr(teacher, "model", teacher)  # finetuner's LiveTeacher holds the model
     return {
         "step_seconds": [round(s, 3) for s in seconds], "step_tokens": tokens,
         "step_others_cpu_share": [round(o, 3) for o in others],

@@ -20,8 +20,6 @@ from pathlib import Path
 
 from finetuner.config import RunConfig
 
-SIGNALS = ("none", "live", "cache")
-
 
 @dataclass(frozen=True)
 class Recipe:
@@ -31,7 +29,7 @@ class Recipe:
     quantization: str | None  # the trained model's frozen base at "4bit"/"8bit" (QLoRA), else None
     teacher: str | None  # the teacher's name or path, when distilling
     writes: bool  # the teacher writes the training responses first
-    signal: str  # where the teacher's distribution comes from while training: one of SIGNALS
+    signal: str  # where the teacher's distribution comes from while training: none, live or cache
     cache_complete: bool  # with signal "cache": the cache already holds every row, the teacher never loads
     teacher_quantization: str | None  # the live (or cache-building) teacher at 8/4 bits
     merges: bool  # an adapter is merged into a standalone model after training

@@ -5,8 +5,8 @@ When the widths differ, a learned linear projection (student width -> teacher wi
 trains with the student. While training it is registered inside the student (`attach`), so what
 trains the student trains it the same way: DDP all-reduces its gradients across processes, the
 Trainer clips them with the student's, and checkpoints hold it (`ProjectionCheckpoint` for adapter
-checkpoints, which hold only the adapter). It is removed before the final save (`TRAINING_ONLY`),
-so the saved student is a plain model of its own architecture.
+checkpoints, which hold only the adapter). The training stage removes it, by its name `TRAINING_ONLY`,
+before the final save, so the saved student is a plain model of its own architecture.
 """
 
 from __future__ import annotations
@@ -72,15 +72,6 @@ def attach(student, loss: HiddenStateLoss) -> None:
     from finetuner.logits import unwrapped
 
     unwrapped(student).add_module(TRAINING_ONLY, loss)
-
-
-def detach(student) -> None:
-    """Remove what `attach` registered (before the final save)."""
-    from finetuner.logits import unwrapped
-
-    inner = unwrapped(student)
-    if hasattr(inner, TRAINING_ONLY):
-        delattr(inner, TRAINING_ONLY)
 
 
 def restore(loss: HiddenStateLoss, checkpoint: str | None) -> None:

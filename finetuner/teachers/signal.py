@@ -22,8 +22,6 @@ from finetuner.recipe import Recipe
 
 
 class TeacherSignal(Protocol):
-    gives_hidden_states: bool  # the hidden-state term needs the teacher's per-layer outputs
-
     def loss(self, student_out, student_head, inputs: dict, alpha: float, num_items_in_batch,
              hidden_states: bool = False) -> tuple[KDLoss, tuple | None]:
         """alpha * CE + (1 - alpha) * T^2 * D on `inputs["labels"]`, and the teacher's hidden states
@@ -34,8 +32,6 @@ class TeacherSignal(Protocol):
 
 
 class LiveTeacher:
-    gives_hidden_states = True
-
     def __init__(self, model, temperature: float, vocab_size: int | None, divergence: str = "forward_kl",
                  beta: float = 0.5):
         self.model = model
@@ -61,8 +57,8 @@ class LiveTeacher:
 
 class CachedTeacher:
     """Forward KL on the cached top-k entries. Held-out rows are not in the cache, and no teacher is
-    loaded, so they score the student's CE alone (the divergence is NaN there, left out of the logs)."""
-    gives_hidden_states = False
+    loaded, so they score the student's CE alone (the divergence is NaN there, left out of the logs).
+    It gives no hidden states: the hidden-state term needs a live teacher (config_checks refuses it)."""
 
     def __init__(self, cache, vocab_size: int):
         self.cache = cache  # teachers.topk_cache.TopKCache

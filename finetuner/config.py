@@ -13,10 +13,9 @@ import typing
 from dataclasses import dataclass, fields
 from typing import Any, Optional
 
-from finetuner.config_checks import check_field, cross_check
+from finetuner.config_checks import CHOICES, check_field, cross_check
+from finetuner.config_scope import BUILTIN_DATASET, BUILTIN_MODEL, applies  # noqa: F401  (re-exported)
 
-BUILTIN_MODEL = "smollm2-135m-instruct"
-BUILTIN_DATASET = "gsm8k"
 
 
 @dataclass(frozen=True)
@@ -57,6 +56,12 @@ class RunConfig:
     # Benchmark and upload
     benchmark: bool = True
     benchmark_samples: int = 50
+    task_metric: str = "auto"  # exact match of final answers: auto (when the references have one), exact_match, none
+    judge_api_base: Optional[str] = None  # an OpenAI-compatible judge grading each answer 1-5; None = no judge
+    judge_model: Optional[str] = None
+    judge_api_key_env: str = "OPENAI_API_KEY"  # the variable's name; the key itself is never stored
+    judge_token_budget: Optional[int] = None  # the judge's spend cap: prompt + completion tokens
+    speculative_benchmark: str = "auto"  # time the teacher with the student as its draft: auto, true, false
     upload: bool = False
     hub_repo: Optional[str] = None
     hub_private: bool = True
@@ -89,6 +94,11 @@ class RunConfig:
     generation_timeout: float = 120.0  # seconds per API request
     generation_max_retries: int = 4  # the openai client's retries (429 honouring Retry-After, 5xx, timeouts)
     chunk_tokens: int = 512  # document chunk size for questions_per_chunk
+    generation_filters: str = "duplicates,refusals,echoes"  # comma list; "verified" keeps matching final answers
+    generation_min_kept: float = 0.5  # stop before training when fewer responses survive; 0 = train on any
+    generation_cache: Optional[str] = None  # a response directory shared across runs; None = in output_dir
+    generation_price_in: Optional[float] = None  # price per million prompt tokens, for the cost estimate
+    generation_price_out: Optional[float] = None  # price per million completion tokens
     # Scaling out and memory: recompute activations in backward instead of keeping them;
     # a teacher loaded in 8/4 bits (only when asked: it changes the teacher's probabilities)
     gradient_checkpointing: bool = False
@@ -160,97 +170,6 @@ def default_for(key: str, answers: dict[str, Any]) -> Any:
     return RunConfig.__dataclass_fields__[key].default
 
 
-def applies(key: str, answers: Any) -> bool:
-    """Whether a setting means anything for these answers (a dict or a RunConfig)."""
-    get = answers.get if isinstance(answers, dict) else lambda k, d=None: getattr(answers, k, d)
-    distill = get("approach", "fine-tuning") == "distillation"
-    for rule in (_teacher_applies, _objective_applies, _generation_applies, _adapter_applies):
-        verdict = rule(key, get, distill)
-        if verdict is not None:
-            return verdict
-    return _output_applies(key, get, answers)
-
-
-def _teacher_applies(key: str, get, distill: bool) -> bool | None:
-    """The teacher and the student it teaches; None for other keys."""
-    if key == "teacher_quantization":  # a local teacher's weights only
-        return distill and not get("teacher_api_base")
-    if key in ("teacher", "student", "student_layers", "student_training", "temperature", "alpha"):
-        return distill and not (key in ("temperature", "alpha") and get("distillation_mode") == "responses")
-    if key in ("distillation_mode", "teacher_api_base", "sft_baseline"):
-        return distill
-    if key in ("teacher_cache", "teacher_top_k"):  # a cache holds distributions: a local teacher's logits
-        cache = distill and get("distillation_mode", "logits") != "responses" and not get("teacher_api_base")
-        return cache and (key == "teacher_cache" or bool(get("teacher_cache")))
-    if key == "teacher_api_key_env":
-        return distill and bool(get("teacher_api_base"))
-    return None
-
-
-def _objective_applies(key: str, get, distill: bool) -> bool | None:
-    """What the student matches of the teacher's distributions; None for other keys."""
-    matches_logits = distill and get("distillation_mode", "logits") != "responses"
-    if key in ("divergence", "on_policy_fraction", "hidden_state_weight"):
-        return matches_logits
-    if key == "jsd_beta":
-        return matches_logits and get("divergence", "forward_kl") == "jsd"
-    if key in ("on_policy_temperature", "on_policy_max_new_tokens"):
-        return matches_logits and (get("on_policy_fraction", 0.0) or 0.0) > 0
-    if key in ("hidden_state_loss", "hidden_state_layers"):
-        return matches_logits and (get("hidden_state_weight", 0.0) or 0.0) > 0
-    return None
-
-
-def _generation_applies(key: str, get, distill: bool) -> bool | None:
-    """A teacher that writes the responses (and maybe the questions); None for other keys."""
-    if not (key.startswith("generation_") or key in ("questions_per_chunk", "chunk_tokens")):
-        return None
-    writes = distill and get("distillation_mode", "logits") in ("responses", "hybrid")
-    if key in ("generation_concurrency", "generation_timeout", "generation_max_retries"):
-        return writes and bool(get("teacher_api_base"))
-    if key == "generation_batch_size":
-        return writes and not get("teacher_api_base")
-    if key == "generation_on_budget":
-        return writes and get("generation_token_budget") is not None
-    if key == "chunk_tokens":
-        return writes and (get("questions_per_chunk") or 0) > 0
-    return writes
-
-
-def _adapter_applies(key: str, get, distill: bool) -> bool | None:
-    """The fine-tuning method and its adapter; None for other keys."""
-    method = get("method", "lora")
-    uses_lora = get("student_training", "full") in ("lora", "qlora") if distill else True
-    if key in ("model", "method"):
-        return not distill
-    if key in ("lora_r", "lora_alpha", "lora_dropout"):
-        return uses_lora and (distill or method in ("lora", "qlora"))
-    if key == "merge_adapter":
-        return uses_lora
-    if key == "quantization":
-        return get("student_training") == "qlora" if distill else method == "qlora"
-    if key in ("adalora_init_r", "adalora_target_r"):
-        return not distill and method == "adalora"
-    return None
-
-
-def _output_applies(key: str, get, answers: Any) -> bool:
-    """Where the data comes from and what happens after training."""
-    if key in ("dataset_config", "dataset_split", "dataset_files"):
-        from finetuner.sources import dataset_kind
-
-        return dataset_kind(get("dataset", BUILTIN_DATASET)) == "hub"
-    if key == "benchmark":  # plain text has no prompts and answers to score
-        from finetuner.sources import plain_text_dataset
-
-        return not plain_text_dataset(get("dataset", BUILTIN_DATASET))
-    if key in ("benchmark_samples", "max_new_tokens"):
-        return bool(get("benchmark", True)) and applies("benchmark", answers)
-    if key in ("hub_repo", "hub_private"):
-        return bool(get("upload", False))
-    return True
-
-
 def coerce(key: str, raw: Any) -> Any:
     """Cast a raw answer (YAML value or `--set` string) to the field's type, or raise ValueError."""
     if key not in _TYPES:
@@ -291,6 +210,8 @@ def coerce(key: str, raw: Any) -> Any:
                 pass
         raise ValueError(f"expected a number, got {raw!r}")
     if kind is str:
+        if isinstance(raw, bool) and "true" in CHOICES.get(key, ()):  # YAML reads `true` as a bool
+            return "true" if raw else "false"
         if isinstance(raw, str) and raw.strip():
             return raw.strip()
         if isinstance(raw, (int, float)) and not isinstance(raw, bool):

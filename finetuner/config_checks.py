@@ -21,11 +21,16 @@ DISTILLATION_MODES = ("logits", "responses", "hybrid")
 REPORT_TO = ("none", "tensorboard", "trackio", "wandb")
 # A training row longer than max_length: cut at max_length (losing its end, EOS included), or left out.
 LONG_ROWS = ("truncate", "drop")
+TASK_METRICS = ("auto", "exact_match", "none")
+SPECULATIVE = ("auto", "true", "false")
+# Responses a teacher wrote that are left out before training (each counted in the summary).
+GENERATION_FILTERS = ("duplicates", "refusals", "echoes", "verified")
 
 CHOICES = {"approach": APPROACHES, "method": METHODS, "quantization": QUANTIZATIONS,
            "student_training": STUDENT_TRAINING, "divergence": DIVERGENCES,
            "hidden_state_loss": HIDDEN_STATE_LOSSES, "distillation_mode": DISTILLATION_MODES,
-           "generation_on_budget": ("train", "stop"), "report_to": REPORT_TO, "long_rows": LONG_ROWS}
+           "generation_on_budget": ("train", "stop"), "report_to": REPORT_TO, "long_rows": LONG_ROWS,
+           "task_metric": TASK_METRICS, "speculative_benchmark": SPECULATIVE}
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 
@@ -48,7 +53,11 @@ LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
                      "adalora_init_r", "adalora_target_r", "benchmark_samples", "max_new_tokens", "max_steps",
                      "save_steps", "student_layers", "on_policy_max_new_tokens", "eval_steps",
                      "early_stopping_patience", "generation_max_new_tokens", "generation_concurrency",
-                     "generation_batch_size", "generation_token_budget", "chunk_tokens"), _AT_LEAST_ONE),
+                     "generation_batch_size", "generation_token_budget", "chunk_tokens",
+                     "judge_token_budget"), _AT_LEAST_ONE),
+    "generation_min_kept": _UNIT,
+    **dict.fromkeys(("generation_price_in", "generation_price_out"),
+                    (lambda v: v < 0, "must be 0 or more (a price per million tokens; got {value})")),
     "teacher_top_k": (lambda v: not 1 <= v <= 4096,
                       "must be between 1 and 4096 (got {value}); 64 stores about 390 bytes a token"),
     "max_length": (lambda v: v < 16, "must be at least 16 tokens (got {value})"),
@@ -58,11 +67,13 @@ LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
                             "must be between 0 and 50 (got {value}); 0 means the dataset is not documents"),
     "generation_max_retries": (lambda v: not 0 <= v <= 20, "must be between 0 and 20 (got {value})"),
     "generation_timeout": (lambda v: not v > 0, "must be greater than 0 seconds (got {value})"),
-    "teacher_api_base": (lambda v: not re.match(r"^https?://[^\s/]+", v),
-                         "must be an http(s) URL such as http://127.0.0.1:8000/v1 (got {value!r})"),
-    "teacher_api_key_env": (lambda v: not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v),
-                            "must be the NAME of an environment variable, like OPENAI_API_KEY (got something "
-                            "else); never put the key itself here"),
+    **dict.fromkeys(("teacher_api_base", "judge_api_base"), (
+        lambda v: not re.match(r"^https?://[^\s/]+", v),
+        "must be an http(s) URL such as http://127.0.0.1:8000/v1 (got {value!r})")),
+    **dict.fromkeys(("teacher_api_key_env", "judge_api_key_env"), (
+        lambda v: not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v),
+        "must be the NAME of an environment variable, like OPENAI_API_KEY (got something else); never put the "
+        "key itself here")),
     "hub_repo": (lambda v: not _REPO_ID.match(v), "must look like 'username/model-name' (got {value!r})"),
 }
 
@@ -89,6 +100,12 @@ def _report_to_problem(value: str) -> str | None:
     return missing_package(value) if value != "none" else None
 
 
+def _filters_problem(value: str) -> str | None:
+    unknown = [name for name in value.split(",") if name.strip() not in GENERATION_FILTERS + ("none",)]
+    return f"unknown filter {unknown[0].strip()!r}; choose from {', '.join(GENERATION_FILTERS)}, or none" \
+        if unknown else None
+
+
 def _dataset_problem(value: str) -> str | None:
     from finetuner.sources import check_dataset
 
@@ -98,7 +115,7 @@ def _dataset_problem(value: str) -> str | None:
 # Checks that look outside the value: the layer-pair syntax, the disk, installed packages.
 _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "hidden_state_layers": _layer_pairs_problem, "teacher_cache": _teacher_cache_problem,
-    "report_to": _report_to_problem, "dataset": _dataset_problem,
+    "report_to": _report_to_problem, "dataset": _dataset_problem, "generation_filters": _filters_problem,
 }
 
 
@@ -126,7 +143,7 @@ def cross_check(cfg: Any) -> list[str]:
     get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
     problems: list[str] = []
     for rule in (_student_layers, _adalora, _teacher_cache, _hidden_state_layers, _teacher_writes, _documents,
-                 _evaluation, _upload):
+                 _evaluation, _upload, _judge):
         problems += rule(get)
     return problems
 
@@ -242,6 +259,12 @@ def _evaluation(get: Get) -> list[str]:
 def _upload(get: Get) -> list[str]:
     if get("upload") and not get("hub_repo"):
         return ["hub_repo: needed when upload is on (e.g. 'username/my-model')"]
+    return []
+
+
+def _judge(get: Get) -> list[str]:
+    if get("judge_api_base") and not get("judge_model"):
+        return ["judge_model: needed when judge_api_base is set (the model the judge endpoint serves)"]
     return []
 
 

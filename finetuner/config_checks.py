@@ -143,7 +143,7 @@ def cross_check(cfg: Any) -> list[str]:
     get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
     problems: list[str] = []
     for rule in (_student_layers, _adalora, _teacher_cache, _hidden_state_layers, _teacher_writes, _documents,
-                 _evaluation, _upload, _judge):
+                 _evaluation, _upload, _judge, _speculative):
         problems += rule(get)
     return problems
 
@@ -265,6 +265,21 @@ def _upload(get: Get) -> list[str]:
 def _judge(get: Get) -> list[str]:
     if get("judge_api_base") and not get("judge_model"):
         return ["judge_model: needed when judge_api_base is set (the model the judge endpoint serves)"]
+    return []
+
+
+def _speculative(get: Get) -> list[str]:
+    """The student drafts tokens its teacher verifies: the teacher's weights, one tokenizer."""
+    if get("speculative_benchmark") != "true" or get("approach") != "distillation":
+        return []
+    if get("teacher_api_base"):
+        return ["speculative_benchmark: true needs the teacher's weights to verify the student's drafts, and an "
+                "API teacher has none here; set it to auto or false"]
+    from finetuner.sources import tokenizers_differ
+
+    if tokenizers_differ(get("teacher", ""), get("student", "")):
+        return ["speculative_benchmark: true needs a student that shares the teacher's tokenizer (a draft proposes "
+                "the teacher's own token ids); set it to auto or false"]
     return []
 
 

@@ -105,8 +105,8 @@ def _output_applies(key: str, get, answers: Any) -> bool:
         return False
     if key in ("judge_model", "judge_api_key_env", "judge_token_budget"):
         return bool(get("judge_api_base"))
-    if key == "speculative_benchmark":  # the student as a draft for its local teacher
-        return get("approach", "fine-tuning") == "distillation" and not get("teacher_api_base")
+    if key == "speculative_benchmark":  # the student as a draft for its teacher (true with an API one is refused)
+        return get("approach", "fine-tuning") == "distillation"
     return True
 
 

@@ -74,5 +74,12 @@ def _on_disk(name: str) -> str | None:
 
 
 def benchmark_output(cfg: RunConfig, out_dir: str | Path, show_samples: int = 0) -> dict:
+    """Benchmark the run; when only the scoring of a saved benchmark is out of date (a judge to
+    retry, another task_metric), score its saved answers again instead (rescore.py)."""
+    from finetuner.benchmark import rescore
+
     out_dir = Path(out_dir)
+    saved = rescore.reusable(cfg, out_dir, read_heldout(out_dir, cfg.benchmark_samples))
+    if saved is not None:
+        return rescore.rescore(cfg, out_dir, saved, read_heldout(out_dir, cfg.benchmark_samples), show_samples)
     return run_benchmark(cfg, out_dir, models_to_compare(cfg, out_dir), show_samples=show_samples)

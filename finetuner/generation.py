@@ -34,7 +34,8 @@ def stop_position(tokens: list[int], stops: set[int] | list[int]) -> int | None:
 def generate(model, prompts: list[list[int]], max_new_tokens: int, pad: int, *,
              temperature: float = 0.0, top_p: float | None = None, top_k: int | None = None,
              min_new_tokens: int | None = None, eos_ids: list[int] | None = None,
-             shipped_settings: bool = True, inference_only: bool = True, device=None, streamer=None):
+             shipped_settings: bool = True, inference_only: bool = True, device=None, streamer=None,
+             assistant_model=None):
     """One left-padded `model.generate` call; returns the new tokens, [rows, new] on `device`.
 
     temperature 0 decodes greedily; above 0 it samples (with top_p / top_k when given). eos_ids
@@ -43,6 +44,8 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, pad: int, *,
     the tokens come from the model's own distribution. inference_only=False for a model that
     trains on afterwards: what inference_mode creates (buffers a model builds lazily, too) cannot
     take part in backward. streamer (transformers' TextStreamer) prints tokens as they come.
+    assistant_model drafts tokens the model verifies (transformers' assisted generation; one row at a
+    time): greedy, the output is the model's own.
     """
     import torch
 
@@ -53,7 +56,8 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, pad: int, *,
     options = _options(max_new_tokens, pad, temperature, top_p, top_k, min_new_tokens, eos_ids)
     settings = nullcontext() if shipped_settings else _only(model, options)
     with settings, (torch.inference_mode() if inference_only else torch.no_grad()):
-        output = model.generate(input_ids=input_ids, attention_mask=attention, streamer=streamer, **options)
+        drafts = {} if assistant_model is None else {"assistant_model": assistant_model}
+        output = model.generate(input_ids=input_ids, attention_mask=attention, streamer=streamer, **drafts, **options)
     return output[:, width:]
 
 

@@ -166,6 +166,8 @@ def _benchmark_section(report: dict | None) -> list[str]:
             f"never seen in training, at most {report.get('max_new_tokens', '?')} new tokens each.", "",
             _markdown_table(tables.QUALITY_HEADERS, tables.table_rows(report)), "",
             *([tables.table_note(report) + ".", ""] if tables.table_note(report) else []),
+            *([_markdown_table(tables.TASK_HEADERS, tables.task_rows(report)), "", tables.task_note(report) + ".", ""]
+              if tables.task_rows(report) else []),
             _markdown_table(tables.COST_HEADERS, tables.cost_rows(report)), "",
             "Tok/s is decoding throughput at batch 8 on the machine that trained the model.", "",
             *(["### Verdict", "", f"**{verdict['summary']}**", "",

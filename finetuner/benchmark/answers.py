@@ -11,14 +11,14 @@ from finetuner.formatting import render_messages_prompt, render_prompt
 
 
 def answer_prompts(model, tokenizer, prompts: list[str | list[dict]], max_new_tokens: int,
-                   batch_size: int = 8, min_new_tokens: int = 0) -> tuple[list[str], dict]:
+                   batch_size: int = 8, min_new_tokens: int = 0, on_batch=None) -> tuple[list[str], dict]:
     """Greedy answers to raw user prompts, decoded from the new tokens only.
 
     Returns the answers and {"generated_tokens", "decoded_tokens", "seconds", "tokens_per_s"}.
     generated_tokens are the answers' own (up to the first stop token); tokens_per_s is decoding
     throughput, decoded_tokens / seconds, where a batch decodes every row until its longest answer
     stops. Counting only answer tokens would make a model that stops early in some rows of a batch
-    look slower, though each step costs it the same.
+    look slower, though each step costs it the same. on_batch(rows), when given, is called after each batch.
     """
     model.eval()
     stops, pad = generation.stop_ids(model, tokenizer), generation.pad_id(tokenizer)
@@ -35,6 +35,8 @@ def answer_prompts(model, tokenizer, prompts: list[str | list[dict]], max_new_to
         generated += sum(_answer_length(row, stops) for row in new_tokens.tolist())
         decoded += new_tokens.numel()
         answers += [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        if on_batch is not None:
+            on_batch(len(texts))
     seconds = time.perf_counter() - start
     return answers, {"generated_tokens": generated, "decoded_tokens": decoded, "seconds": round(seconds, 3),
                      "tokens_per_s": round(decoded / seconds, 2) if seconds > 0 else 0.0}

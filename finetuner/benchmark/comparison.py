@@ -10,9 +10,19 @@ benchmark.json (written by `save`):
               "fidelity_rougeL", "top1_agreement",  # vs the teacher (distillation); null for the teacher
               "parameters", "size_on_disk_mb", "tokens_per_s", "peak_memory_mb",  # null when unknown
                                                # tokens_per_s: one batch, SPEED_TOKENS new tokens a row
+                                               # speed_repeats: tokens/s of each alternate timing (speed.py)
               "source": "weights" | "answers file",  # the teacher answered from teacher_heldout.jsonl
-              "samples": [{"prompt", "reference", "generation"}, ...]},  # every prompt benchmarked
+              "accuracy": {"strict"|"flexible": {"accuracy", "stderr", "correct", "n"}} | null,  # task.py
+              "judge": {"mean", "low", "high", "scored", "unscored"} | null,  # judge.py, 95% interval
+              "samples": [{"prompt", "reference", "generation", "rougeL", "loops",
+                           "final_answer": {"reference", "strict", "flexible", "strict_correct",
+                                            "flexible_correct"},   # with the task metric
+                           "judge": {"score": 1-5 | null, "reason"}}, ...]},  # with a judge
              ...],                             # in run order; the last is the model this run made
+  "task_metric": {"setting", "used", "checkable_share", "why", "extraction"},
+  "judge": {"model", "api_base", "rubric", "rubric_version", "status": "ok" | the fault's line,
+            "unscored", "missing", "tokens", "file"} | absent,   # judge.py
+  "speculative": {... see speculative.py} | {"why": reason it did not run} | absent,
   "baseline": label | null,                    # base model / student before distillation
   "final": label,                              # the model this run produced
   "teacher": label | null,                     # distillation only
@@ -38,8 +48,9 @@ REPORT_FILE = "benchmark.json"
 SFT_BASELINE = "SFT baseline"  # the label of the plainly fine-tuned student (sft_baseline)
 
 
-def compare(results: list[ModelResult], approach: str) -> dict[str, Any]:
+def compare(results: list[ModelResult], approach: str, extra: dict | None = None) -> dict[str, Any]:
     """The report. Results come in run order: the last one is always the model this run made.
+    extra: report entries the verdict reads too (task_metric, judge, speculative).
 
     fine-tuning:  [base, fine-tuned]                 (or just [fine-tuned])
     distillation: [teacher, student before, (SFT baseline,) student after]  (or [teacher, student after])
@@ -62,6 +73,7 @@ def compare(results: list[ModelResult], approach: str) -> dict[str, Any]:
                    if baseline else None),
         "retained": ({m: _ratio(final.rouge[m], teacher.rouge[m]) for m in METRICS}
                      if teacher else None),
+        **(extra or {}),
     }
     report["verdict"] = verdict(report)
     return report

@@ -32,19 +32,23 @@ def loop_rate(texts: list[str], n: int = LOOP_NGRAM, repeats: int = LOOP_REPEATS
 
 def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
     """Mean ROUGE-1/2/L F-measure over pairs, with Porter stemming ("cats" matches "cat")."""
+    pairs = rouge_pairs(predictions, references)
+    if not pairs:
+        return {m: 0.0 for m in METRICS}
+    return {m: sum(p[m] for p in pairs) / len(pairs) for m in METRICS}
+
+
+def rouge_pairs(predictions: list[str], references: list[str]) -> list[dict[str, float]]:
+    """ROUGE-1/2/L F-measure of each (prediction, reference) pair: what a mean's interval is taken over."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
     if not predictions:
-        return {m: 0.0 for m in METRICS}
+        return []
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(list(METRICS), use_stemmer=True)
-    totals = dict.fromkeys(METRICS, 0.0)
-    for prediction, reference in zip(predictions, references):
-        scores = scorer.score(reference, prediction)  # (target, prediction)
-        for m in METRICS:
-            totals[m] += scores[m].fmeasure
-    return {m: totals[m] / len(predictions) for m in METRICS}
+    return [{m: score.fmeasure for m, score in scorer.score(reference, prediction).items()}  # (target, prediction)
+            for prediction, reference in zip(predictions, references)]
 
 
 def perplexity(model, tokenizer, heldout: list[dict], max_length: int, batch_size: int = 8) -> float:

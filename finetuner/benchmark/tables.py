@@ -7,6 +7,8 @@ from finetuner.benchmark.scores import METRICS
 
 QUALITY_HEADERS = ("Model", "ROUGE-1", "ROUGE-2", "ROUGE-L", "Fid. RL", "Top-1", "PPL", "Loops")
 COST_HEADERS = ("Model", "Params", "Disk MB", "Tok/s", "Peak MB")
+TASK_HEADERS = ("Model", "Strict", "Flexible", "Judge 1-5")
+COST_NOTE = "Tok/s: decoding one batch of 8, best of alternate timings; Peak MB: while decoding it"
 
 
 def table_rows(report: dict) -> list[list[str]]:
@@ -27,6 +29,40 @@ def cost_rows(report: dict) -> list[list[str]]:
     """Size and speed as text cells (COST_HEADERS), one row per model."""
     return [[m["label"], _millions(m["parameters"]), _fixed(m["size_on_disk_mb"], 1),
              _fixed(m["tokens_per_s"], 1), _fixed(m["peak_memory_mb"], 0)] for m in report["models"]]
+
+
+def task_rows(report: dict) -> list[list[str]]:
+    """Exact match (strict, flexible; ± standard error) and the judge's mean (95% interval) per model;
+    no rows when neither was measured."""
+    if not any(m.get("accuracy") or m.get("judge") for m in report["models"]):
+        return []
+    return [[m["label"], _accuracy(m, "strict"), _accuracy(m, "flexible"), _judged(m.get("judge"))]
+            for m in report["models"]]
+
+
+def task_note(report: dict) -> str:
+    notes = []
+    metric = report.get("task_metric") or {}
+    if metric.get("used"):
+        notes.append("Strict/Flexible = exact match of the final answer ± standard error (README: extraction)")
+    elif metric:
+        notes.append(f"no exact match: {metric.get('why')}")
+    if report.get("judge"):
+        notes.append(f"Judge = {report['judge']['model']}'s mean score on the rubric, with its 95% interval")
+    return "; ".join(notes)
+
+
+def _accuracy(model: dict, kind: str) -> str:
+    found = (model.get("accuracy") or {}).get(kind)
+    return "-" if not found else f"{found['accuracy']:.0%} ±{found['stderr']:.0%}"
+
+
+def _judged(judged: dict | None) -> str:
+    if not judged or judged.get("mean") is None:
+        return "-"
+    low, high = judged.get("low"), judged.get("high")
+    bounds = "" if low is None or high is None or abs(low) == float("inf") else f" [{low:.1f}, {high:.1f}]"
+    return f"{judged['mean']:.2f}{bounds}"
 
 
 def table_note(report: dict) -> str:
@@ -64,7 +100,9 @@ def show(report: dict, show_samples: int = 0) -> None:
     # No vertical rules: eight columns must fit an 80-column terminal with room for labels.
     tables = [(f"Benchmark: quality on {report.get('samples', '?')} held-out prompts", QUALITY_HEADERS,
                table_rows(report), table_note(report)),
-              ("Size and speed", COST_HEADERS, cost_rows(report), "Tok/s and Peak MB: decoding one batch of 8")]
+              ("Size and speed", COST_HEADERS, cost_rows(report), COST_NOTE)]
+    if task_rows(report):
+        tables.insert(1, ("Task accuracy and judge", TASK_HEADERS, task_rows(report), task_note(report)))
     for title, headers, rows, note in tables:
         grid = Table(title=title, title_justify="left", caption=Text(note) if note else None,
                      caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)

@@ -1,118 +1,110 @@
-"""Did it pay? The acceptance checks of a benchmark report, each passed or failed with its numbers.
+"""Did it pay? The acceptance checks of a benchmark report, each with its numbers and uncertainty.
 
-Distillation (the usual criteria for a distilled model): at least 90% of the teacher's ROUGE-L
-against the references, at least 1.5x its decoding speed, at least 40% fewer parameters, and a
-loop rate no higher than the teacher's; with an SFT baseline, also whether distillation beat
-plain fine-tuning of the same student, and by how much. Fine-tuning: better than the base model
-on ROUGE-L, and no more loops.
+Distillation (the usual criteria for a distilled model): at least 90% of the teacher's quality (its
+accuracy, else its judge score, else its ROUGE-L: checks.py), at least 1.5x its decoding speed, at
+least 40% fewer parameters, and a loop rate no higher than the teacher's; with an SFT baseline, also
+whether distillation beat plain fine-tuning of the same student. Fine-tuning: better quality than the
+base model, and no more loops. Each check passes only when its 95% interval clears the target, fails
+when it clears it the other way, and is otherwise "not measurable at this sample size".
 
-report["verdict"] = {"checks": [{"name", "passed": true | false | null (not measurable),
-                                 "measured", "target", "text"}, ...],
-                     "passed": int, "total": int, "summary": one line}
+Notes (not checks) say what else was measured: a task metric the teacher cannot solve, the judge's
+mean score per model, and how much faster the student makes its teacher as a speculative draft.
+
+report["verdict"] = {"checks": [{"name", "passed": true | false | null, "status": "pass" | "fail" |
+                                 "unsettled" | "not measured" | "note", "measured", "target", "text",
+                                 "short"}, ...],
+                     "passed": int, "total": int (checks measured, settled or not), "summary": one line}
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-QUALITY_TARGET = 0.90  # share of the teacher's ROUGE-L
-SPEED_TARGET = 1.5  # times the teacher's tokens/s
-SMALLER_TARGET = 0.40  # share of the teacher's parameters removed
-
-_MARK = {True: "✓", False: "✗", None: "–"}
-
-
-def _check(name: str, passed: bool | None, measured: Any, target: Any, text: str, short: str = "") -> dict:
-    return {"name": name, "passed": passed, "measured": measured, "target": target,
-            "text": f"{_MARK[passed]} {name}: {text}", "short": short}
+from finetuner.benchmark import checks
+from finetuner.benchmark.checks import NEAR_ZERO, QUALITY_TARGET, SMALLER_TARGET, SPEED_TARGET  # noqa: F401
 
 
 def verdict(report: dict) -> dict | None:
     models = {m["label"]: m for m in report["models"]}
     final = report["models"][-1]
-    if report.get("teacher"):
-        checks = distillation_checks(final, models[report["teacher"]])
-        if report.get("sft_baseline"):
-            checks.append(_beats_sft(final, models[report["sft_baseline"]]))
-    elif report.get("baseline"):
-        checks = fine_tuning_checks(final, models[report["baseline"]])
-    else:
+    distillation = bool(report.get("teacher"))
+    other = models[report["teacher"]] if distillation else models.get(report.get("baseline") or "")
+    if other is None:
         return None
-    return {"checks": checks, "passed": sum(c["passed"] is True for c in checks), "total": len(checks),
-            "summary": _summary(report, checks)}
-
-
-def distillation_checks(student: dict, teacher: dict) -> list[dict]:
-    checks = []
-    s_rl, t_rl = student["rouge"]["rougeL"], teacher["rouge"]["rougeL"]
-    share = s_rl / t_rl if t_rl > 0 else None
-    checks.append(_check("quality", None if share is None else share >= QUALITY_TARGET, _round(share),
-                         QUALITY_TARGET,
-                         f"ROUGE-L {s_rl:.3f} is {_pct(share)} of the teacher's {t_rl:.3f} "
-                         f"(target ≥ {QUALITY_TARGET:.0%})", f"ROUGE-L {_pct(share)} of the teacher's"))
-    s_speed, t_speed = student.get("tokens_per_s"), teacher.get("tokens_per_s")
-    if s_speed and t_speed:
-        speedup = s_speed / t_speed
-        checks.append(_check("speed", speedup >= SPEED_TARGET, round(speedup, 3), SPEED_TARGET,
-                             f"{speedup:.2f}x the teacher's tokens/s ({s_speed:.1f} vs {t_speed:.1f}; "
-                             f"target ≥ {SPEED_TARGET}x)", f"{speedup:.2f}x its speed"))
+    measure, notes = quality_measure(report, final, other, distillation)
+    found = [checks.quality(final, other, measure, distillation)]
+    if distillation:
+        found += [checks.speed(final, other), checks.size(final, other), checks.loops(final, other, "the teacher's")]
+        if report.get("sft_baseline"):
+            found.append(checks.beats_sft(final, models[report["sft_baseline"]], measure))
     else:
-        checks.append(_check("speed", None, None, SPEED_TARGET, "not measured: the teacher answered from a file"))
-    s_params, t_params = student.get("parameters"), teacher.get("parameters")
-    if s_params and t_params:
-        smaller = 1 - s_params / t_params
-        checks.append(_check("size", smaller >= SMALLER_TARGET, round(smaller, 4), SMALLER_TARGET,
-                             f"{smaller:.0%} fewer parameters ({s_params / 1e6:.1f}M vs {t_params / 1e6:.1f}M; "
-                             f"target ≥ {SMALLER_TARGET:.0%})", f"{smaller:.0%} smaller"))
+        found.append(checks.loops(final, other, "the base model's"))
+    notes += judge_notes(report) + draft_notes(report)
+    measured = [c for c in found if c["status"] in ("pass", "fail", "unsettled")]
+    return {"checks": found + notes, "passed": sum(c["passed"] is True for c in found), "total": len(measured),
+            "summary": _summary(distillation, found)}
+
+
+def quality_measure(report: dict, final: dict, other: dict, distillation: bool) -> tuple[str, list[dict]]:
+    """The strongest measure both models have, and a note when the task metric was passed over."""
+    notes = []
+    if (report.get("task_metric") or {}).get("used") and checks.has(final, "accuracy") and checks.has(other, "accuracy"):
+        if not distillation or other["accuracy"]["flexible"]["accuracy"] >= NEAR_ZERO:
+            return "accuracy", notes
+        notes.append(checks.near_zero_note(other, final))
+    if checks.has(final, "judge") and checks.has(other, "judge"):
+        return "judge", notes
+    return "rougeL", notes
+
+
+def judge_notes(report: dict) -> list[dict]:
+    block = report.get("judge")
+    if not block:
+        return []
+    scored = [m for m in report["models"] if m.get("judge") and m["judge"].get("mean") is not None]
+    parts = [f"{m['label']} {m['judge']['mean']:.2f} (95% CI {_bound(m['judge']['low'])}-{_bound(m['judge']['high'])}"
+             f", {m['judge']['scored']} scored)" for m in scored]
+    text = f"{block['model']}'s mean score, 1-5: " + ("; ".join(parts) if parts else "no answer was scored")
+    if block.get("unscored"):
+        text += f"; {block['unscored']} off-rubric replies left unscored"
+    if block.get("status", "ok") != "ok":
+        text += " (incomplete: see the warning above)"
+    return [checks.note("judge", text)]
+
+
+def draft_notes(report: dict) -> list[dict]:
+    draft = report.get("speculative")
+    if not draft:
+        return []
+    if draft.get("why"):
+        return [checks.note("as a draft", f"not measured: {draft['why']}")]
+    speedup, repeats = draft["speedup"], draft["speedup_repeats"]
+    acceptance = "-" if draft["acceptance"] is None else f"{draft['acceptance']:.0%}"
+    text = f"As a draft, the student makes the teacher {speedup:.2f}x faster (acceptance {acceptance}"
+    text += f"; {draft['teacher_tokens_per_s']:.1f} -> {draft['draft_tokens_per_s']:.1f} tokens/s, one prompt at a time)"
+    if max(repeats) / min(repeats) > checks.DISAGREE or (min(repeats) < 1 < max(repeats)):
+        text += f"; the repeats disagree ({min(repeats):.2f}x to {max(repeats):.2f}x): {checks.UNSETTLED}"
+    same, total = draft["identical"], draft["prompts"]
+    text += (f"; outputs identical to the teacher's own on all {total} prompts" if same == total else
+             f"; outputs differ from the teacher's own on {total - same} of {total} prompts (near-ties in "
+             "the verifying pass's arithmetic)")
+    return [checks.note("as a draft", text)]
+
+
+def _bound(value: float | None) -> str:
+    return "-" if value is None or abs(value) == float("inf") else f"{value:.2f}"
+
+
+def _summary(distillation: bool, found: list[dict]) -> str:
+    measured = [c for c in found if c["status"] in ("pass", "fail", "unsettled")]
+    failed = [c["name"] for c in measured if c["status"] == "fail"]
+    unsettled = [c["name"] for c in measured if c["status"] == "unsettled"]
+    if failed:
+        worth = "Not yet worth keeping" if distillation else "Fine-tuning did not pay"
+    elif unsettled:
+        worth = "Not settled"
     else:
-        checks.append(_check("size", None, None, SMALLER_TARGET, "not measured: the teacher's size is unknown"))
-    checks.append(_loops(student, teacher, "the teacher's"))
-    return checks
-
-
-def fine_tuning_checks(tuned: dict, base: dict) -> list[dict]:
-    t_rl, b_rl = tuned["rouge"]["rougeL"], base["rouge"]["rougeL"]
-    return [_check("quality", t_rl > b_rl, round(t_rl - b_rl, 4), 0.0,
-                   f"ROUGE-L {t_rl:.3f} vs the base model's {b_rl:.3f} ({t_rl - b_rl:+.3f}; target: higher)",
-                   f"ROUGE-L {t_rl - b_rl:+.3f} over the base"),
-            _loops(tuned, base, "the base model's")]
-
-
-def _loops(model: dict, reference: dict, whose: str) -> dict:
-    mine, theirs = model["loop_rate"], reference["loop_rate"]
-    return _check("loops", mine <= theirs, mine, theirs,
-                  f"{mine:.0%} of answers loop vs {whose} {theirs:.0%} (target: no more)",
-                  f"loops {mine:.0%} vs {theirs:.0%}")
-
-
-def _beats_sft(student: dict, sft: dict) -> dict:
-    s_rl, p_rl = student["rouge"]["rougeL"], sft["rouge"]["rougeL"]
-    return _check("beats plain fine-tuning", s_rl > p_rl, round(s_rl - p_rl, 4), 0.0,
-                  f"ROUGE-L {s_rl:.3f} vs {p_rl:.3f} for the same student fine-tuned plainly ({s_rl - p_rl:+.3f}); "
-                  f"perplexity {_num(student.get('perplexity'))} vs {_num(sft.get('perplexity'))}",
-                  f"ROUGE-L {s_rl - p_rl:+.3f} vs plain fine-tuning")
-
-
-def _summary(report: dict, checks: list[dict]) -> str:
-    measured = [c for c in checks if c["passed"] is not None]
-    failed = [c["name"] for c in measured if not c["passed"]]
-    if report.get("teacher"):
-        worth = "Distillation paid" if not failed else "Not yet worth keeping"
-    else:
-        worth = "Fine-tuning paid" if not failed else "Fine-tuning did not pay"
-    passed = len(measured) - len(failed)
-    facts = ", ".join(c["short"] for c in measured)
+        worth = "Distillation paid" if distillation else "Fine-tuning paid"
+    passed = sum(c["status"] == "pass" for c in measured)
     missed = f"; missed: {', '.join(failed)}" if failed else ""
-    return f"{worth}: {passed} of {len(measured)} checks passed{missed} ({facts})"
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 4)
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0%}"
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
+    open_ = f"; {checks.UNSETTLED}: {', '.join(unsettled)}" if unsettled else ""
+    facts = ", ".join(c["short"] for c in measured)
+    return f"{worth}: {passed} of {len(measured)} checks passed{missed}{open_} ({facts})"

@@ -126,7 +126,7 @@ def test_evaluate_measures_the_model(chatty, tokenizer, tiny_llama):
     assert result.peak_memory_mb >= round(weights_mb, 1)
     # every generation is kept, and is what the model's signal carries for fidelity
     assert [s["generation"] for s in result.samples] == signal.answers and len(signal.answers) == len(PROMPTS)
-    assert set(result.samples[0]) == {"prompt", "reference", "generation"}
+    assert set(result.samples[0]) == {"prompt", "reference", "generation", "rougeL", "loops"}
     assert result.perplexity > 1 and len(signal.top1) == len(PROMPTS)
     assert result.fidelity_rougeL is None and result.top1_agreement is None  # no teacher to compare with
     assert evaluate("in memory", chatty, tokenizer, heldout[:1], 2)[0].size_on_disk_mb is None

@@ -11,8 +11,10 @@
 4. The student is trained three ways with the same rows, steps, learning rate and seed:
    alpha 1 (plain fine-tuning, CE only), alpha 0.5 at T 2 (distillation), alpha 0 (pure distillation).
 5. Every model answers the held-out prompts (greedy) and is scored with ROUGE-1/2/L against the
-   reference answers, final-answer accuracy (the number after '####'), perplexity of the reference
-   answers (teacher forcing, every held-out row), parameters and size on disk. Generation speed
+   reference answers, final-answer accuracy (finetuner's exact match, strict and flexible, with a
+   standard error), perplexity of the reference answers (teacher forcing, every held-out row),
+   parameters and size on disk; with --judge-base, an LLM judge's mean 1-5 score and 95% interval
+   (finetuner's judge, e.g. a local `transformers serve` as a weak stand-in for an API judge). Generation speed
    is measured in one phase at the end, all models side by side in alternating rounds: batch 1,
    a fixed number of new tokens (no early stop), median tokens/s.
 
@@ -46,6 +48,7 @@ import torch  # noqa: E402
 
 from finetuner import artifacts, models, ui  # noqa: E402
 from finetuner.benchmark import measure, scores  # noqa: E402
+from finetuner.benchmark.judge import judge  # noqa: E402
 from finetuner.benchmark.scores import loop_rate  # noqa: E402
 from finetuner.config import BUILTIN_MODEL, RunConfig, coerce  # noqa: E402
 from finetuner.wizard.answers import parse_overrides  # noqa: E402
@@ -184,22 +187,19 @@ def final_answer(text: str) -> str | None:
     return number[:-2] if number.endswith(".0") else number
 
 
-def accuracy(generations: list[str], references: list[str]) -> float:
-    hits = sum(1 for g, r in zip(generations, references) if (a := final_answer(g)) is not None and a == final_answer(r))
-    return hits / len(references) if references else 0.0
-
-
 def evaluate(label: str, model_dir: Path | str, heldout: list[dict], preset: Preset) -> dict:
     ui.step(f"Evaluating {label}")
     model = models.load_model(str(model_dir), for_training=False)
     tokenizer = models.load_tokenizer(str(model_dir))
     answered = heldout[:preset.generate_rows]
     result, _ = measure.evaluate(label, model, tokenizer, answered, preset.max_new_tokens, model_dir,
-                                   batch_size=16, max_length=preset.max_length)
+                                   batch_size=16, max_length=preset.max_length, exact_match=True)
+    EVALUATED[label] = result  # for the judge, after every model has answered
     generations = [s["generation"] for s in result.samples]
     row = {"label": label, "model_dir": str(model_dir), "parameters": result.parameters,
            "size_on_disk_mb": result.size_on_disk_mb, "rouge": result.rouge,
-           "accuracy": round(accuracy(generations, [r["reference"] for r in answered]), 4),
+           "accuracy": result.accuracy["flexible"]["accuracy"], "accuracy_se": result.accuracy["flexible"]["stderr"],
+           "accuracy_strict": result.accuracy["strict"]["accuracy"],
            "answered_with_final": sum(final_answer(g) is not None for g in generations),
            "perplexity": round(scores.perplexity(model, tokenizer, heldout, preset.max_length), 3),
            "loop_rate": round(loop_rate(generations), 4),
@@ -209,6 +209,20 @@ def evaluate(label: str, model_dir: Path | str, heldout: list[dict], preset: Pre
     del model
     gc.collect()
     return row
+
+
+EVALUATED: dict[str, measure.ModelResult] = {}
+
+
+def add_judge(rows: list[dict], heldout: list[dict], preset: Preset, args, work: Path) -> dict:
+    """Every answer graded by the judge at --judge-base (cached in the work directory)."""
+    cfg = RunConfig(judge_api_base=args.judge_base, judge_model=args.judge_model,
+                    judge_api_key_env=args.judge_key_env, generation_concurrency=4)
+    results = [EVALUATED[row["label"]] for row in rows]
+    block = judge(cfg, work, results, heldout[:preset.generate_rows])
+    for row, result in zip(rows, results):
+        row["judge"] = result.judge
+    return block
 
 
 def teacher_generations(rows: list[dict], work: Path, teacher_dir: Path, heldout: list[dict],
@@ -285,12 +299,13 @@ def show(rows: list[dict], teacher: str) -> None:
     t = next(r for r in rows if r["label"] == teacher)
     table = Table(title="Quality study (held-out GSM8K)")
     for name in ("model", "params", "size MB", "ROUGE-1", "ROUGE-2", "ROUGE-L", "perplexity", "accuracy",
-                 "loop rate", "fidelity", "tokens/s", "ROUGE-L vs teacher", "speed vs teacher"):
+                 "strict", "judge", "loop rate", "fidelity", "tokens/s", "ROUGE-L vs teacher", "speed vs teacher"):
         table.add_column(name, justify="left" if name == "model" else "right")
     for r in rows:
         table.add_row(r["label"], f"{r['parameters'] / 1e6:.1f}M", f"{r['size_on_disk_mb']:.0f}",
                       *(f"{r['rouge'][m]:.4f}" for m in scores.METRICS), f"{r['perplexity']:.2f}",
-                      f"{r['accuracy']:.3f}", f"{r['loop_rate']:.0%}", f"{r['fidelity_rougeL']:.3f}",
+                      _accuracy(r), f"{r.get('accuracy_strict', 0):.0%}", _judged(r),
+                      f"{r['loop_rate']:.0%}", f"{r['fidelity_rougeL']:.3f}",
                       f"{r['tokens_per_s']:.1f}",
                       f"{r['rouge']['rougeL'] / t['rouge']['rougeL']:.0%}" if t["rouge"]["rougeL"] else "-",
                       f"{r['tokens_per_s'] / t['tokens_per_s']:.2f}x")
@@ -300,16 +315,29 @@ def show(rows: list[dict], teacher: str) -> None:
 def markdown(rows: list[dict], teacher: str) -> str:
     """The table as Markdown, for README."""
     t = next(r for r in rows if r["label"] == teacher)
-    lines = ["| model | params | size | ROUGE-1 | ROUGE-2 | ROUGE-L | perplexity | accuracy | loop rate | "
-             "fidelity | tokens/s | ROUGE-L vs teacher | speed vs teacher |", "|---|" + "---:|" * 12]
+    lines = ["| model | params | size | ROUGE-1 | ROUGE-2 | ROUGE-L | perplexity | accuracy (flexible) | strict | "
+             "judge 1-5 | loop rate | fidelity | tokens/s | ROUGE-L vs teacher | speed vs teacher |",
+             "|---|" + "---:|" * 14]
     for r in rows:
         retained = f"{r['rouge']['rougeL'] / t['rouge']['rougeL']:.0%}" if t["rouge"]["rougeL"] else "-"
         lines.append(f"| {r['label']} | {r['parameters'] / 1e6:.1f}M | {r['size_on_disk_mb']:.0f} MB | "
                      + " | ".join(f"{r['rouge'][m]:.3f}" for m in scores.METRICS)
-                     + f" | {r['perplexity']:.2f} | {r['accuracy']:.1%} | {r['loop_rate']:.0%} | "
+                     + f" | {r['perplexity']:.2f} | {_accuracy(r)} | {r.get('accuracy_strict', 0):.0%} | {_judged(r)}"
+                       f" | {r['loop_rate']:.0%} | "
                        f"{r['fidelity_rougeL']:.3f} | {r['tokens_per_s']:.1f} | {retained} | "
                        f"{r['tokens_per_s'] / t['tokens_per_s']:.2f}x |")
     return "\n".join(lines) + "\n"
+
+
+def _accuracy(row: dict) -> str:
+    return f"{row['accuracy']:.1%} ± {row.get('accuracy_se', 0):.1%}"
+
+
+def _judged(row: dict) -> str:
+    found = row.get("judge")
+    if not found or found.get("mean") is None:
+        return "-"
+    return f"{found['mean']:.2f} [{found['low']:.2f}, {found['high']:.2f}]"
 
 
 def chart(rows: list[dict], path: Path, title: str) -> None:
@@ -354,6 +382,9 @@ def main() -> int:
     parser.add_argument("--student-steps", type=int, help="student steps (default: the preset's)")
     parser.add_argument("--student-set", metavar="KEY=VALUE", action="append", default=[],
                         help="a further RunConfig setting for the students (repeatable), e.g. divergence=jsd")
+    parser.add_argument("--judge-base", help="an OpenAI-compatible judge's base URL (a judge column)")
+    parser.add_argument("--judge-model", help="the judge's model name at --judge-base")
+    parser.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="the variable holding the judge's key")
     parser.add_argument("--skip-baselines", action="store_true",
                         help="evaluate only the students (for variants; the baselines come from the main run)")
     args = parser.parse_args()
@@ -393,6 +424,7 @@ def main() -> int:
     clock = time.perf_counter()
     rows = [evaluate(label, path, heldout, preset) for label, path in evaluated]
     add_fidelity(rows, teacher_generations(rows, work, teacher_dir, heldout, preset))
+    judged = add_judge(rows, heldout, preset, args, work) if args.judge_base else None
     stage_seconds["evaluation"] = round(time.perf_counter() - clock, 1)
     clock = time.perf_counter()
     if not args.skip_baselines:
@@ -407,7 +439,7 @@ def main() -> int:
                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                     "torch": torch.__version__, "python": platform.python_version()},
         "date": datetime.date.today().isoformat(), "stage_seconds": stage_seconds,
-        "total_seconds": round(time.perf_counter() - started, 1), "models": rows,
+        "total_seconds": round(time.perf_counter() - started, 1), "models": rows, "judge": judged,
         "command": " ".join(["python", "benchmarks/quality_study.py", *sys.argv[1:]]),
     }
     plain = next((label for label, alpha, _ in students if alpha == 1.0), None)

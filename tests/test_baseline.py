@@ -41,12 +41,12 @@ def test_sft_baseline_trains_the_same_student_plainly_and_the_verdict_compares(t
     sft, after = report["models"][2], report["models"][3]
     for model in (sft, after):
         assert 0 <= model["fidelity_rougeL"] <= 1 and 0 <= model["top1_agreement"] <= 1 and model["perplexity"] > 1
-    checks = {c["name"]: c for c in report["verdict"]["checks"]}
+    checks = {c["name"]: c for c in report["verdict"]["checks"] if c["status"] != "note"}
     assert list(checks) == ["quality", "speed", "size", "loops", "beats plain fine-tuning"]
-    beat = checks["beats plain fine-tuning"]
-    assert beat["measured"] == pytest.approx(after["rouge"]["rougeL"] - sft["rouge"]["rougeL"], abs=1e-4)
-    assert beat["passed"] == (beat["measured"] > 0)
-    assert report["verdict"]["summary"].startswith(("Distillation paid", "Not yet worth keeping"))
+    beat = checks["beats plain fine-tuning"]  # paired on the prompts, by ROUGE-L: the random teacher solves none
+    assert beat["measured"] == pytest.approx(after["rouge"]["rougeL"] - sft["rouge"]["rougeL"], abs=1e-3)
+    assert beat["passed"] in (None, beat["measured"] > 0)  # None: not measurable on 4 answers
+    assert report["verdict"]["summary"].startswith(("Distillation paid", "Not yet worth keeping", "Not settled"))
 
     card = model_card(RunConfig(**yaml.safe_load((out / "finetuner-answers.yaml").read_text())), report,
                       adapter=False)

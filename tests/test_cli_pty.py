@@ -53,7 +53,7 @@ def test_fine_tuning_path_with_enter_and_typed_answers(tmp_path):
         ("LoRA rank", ENTER), ("LoRA alpha", ENTER), ("LoRA dropout", ENTER),
         ("Quantisation", DOWN + ENTER),  # 8-bit
         ("Epochs", type_text("1")), ("Batch size", ENTER), ("Learning rate", ENTER),
-        ("accumulation", ENTER), ("Benchmark", ENTER), ("held-out samples", ENTER), ("Upload", ENTER),
+        ("accumulation", ENTER), ("Benchmark", ENTER), ("held-out samples", ENTER), ("LLM judge", ENTER), ("Upload", ENTER),
     ])
     output = finish(child)
     assert child.exitstatus == 0, output
@@ -81,7 +81,7 @@ def test_distillation_path_derives_a_student_and_revalidates_typed_values(tmp_pa
         ("Alpha", type_text("0.7")), ("How should the student train", DOWN + ENTER),
         ("Cache the teacher", ENTER), ("LoRA rank", ENTER), ("LoRA alpha", ENTER), ("LoRA dropout", ENTER),
         ("Epochs", ENTER), ("Batch size", ENTER), ("Learning rate", ENTER), ("accumulation", ENTER),
-        ("Benchmark", ENTER), ("held-out samples", ENTER), ("Upload", ENTER),
+        ("Benchmark", ENTER), ("held-out samples", ENTER), ("LLM judge", ENTER), ("Upload", ENTER),
     ])
     output = finish(child)
     assert child.exitstatus == 0, output
@@ -171,7 +171,7 @@ def test_previous_answers_become_the_defaults(tmp_path):
         ("Dataset", ENTER), ("How many samples", ENTER), ("Maximum sequence length", ENTER),
         ("LoRA rank", ENTER), ("LoRA alpha", ENTER), ("LoRA dropout", ENTER), ("Quantisation", ENTER),
         ("Epochs", ENTER), ("Batch size", ENTER), ("Learning rate", ENTER),
-        ("accumulation", ENTER), ("Benchmark", ENTER), ("held-out samples", ENTER), ("Upload", ENTER),
+        ("accumulation", ENTER), ("Benchmark", ENTER), ("held-out samples", ENTER), ("LLM judge", ENTER), ("Upload", ENTER),
     ])
     output = finish(child)
     assert child.exitstatus == 0, output
@@ -195,7 +195,7 @@ def test_typing_replaces_the_default_and_tab_completes_paths(tmp_path):
     child.send("7" + ENTER)  # typed over the default 1000, not appended to it
     answer(child, [(prompt, ENTER) for prompt in (
         "Maximum sequence length", "LoRA rank", "LoRA alpha", "LoRA dropout", "Epochs", "Batch size",
-        "Learning rate", "accumulation", "Benchmark", "held-out samples", "Upload")])
+        "Learning rate", "accumulation", "Benchmark", "held-out samples", "LLM judge", "Upload")])
     output = finish(child)
     saved = yaml.safe_load((out / "finetuner-answers.yaml").read_text())
     assert saved["dataset"] == "my-questions.jsonl" and saved["max_samples"] == 7, output
@@ -264,7 +264,7 @@ def test_an_api_teacher_is_offered_responses_and_only_the_key_variable_name_is_s
         ("How should the student train", ENTER), ("Questions the teacher writes", ENTER),
         ("Longest response", ENTER), ("sampling temperature", ENTER), ("Spend cap", type_text("5000")),
         ("Epochs", ENTER), ("Batch size", ENTER), ("Learning rate", ENTER), ("accumulation", ENTER),
-        ("Benchmark", ENTER), ("held-out samples", ENTER), ("Upload", ENTER),
+        ("Benchmark", ENTER), ("held-out samples", ENTER), ("LLM judge", ENTER), ("Upload", ENTER),
     ])
     output = finish(child)
     assert child.exitstatus == 0, output

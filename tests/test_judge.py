@@ -130,3 +130,30 @@ def test_document_grounded_rows_are_also_judged_for_faithfulness(tmp_path):
         judge(_config(server), tmp_path, _results(heldout), heldout)
     sent = server.requests[0]["messages"][-1]["content"]
     assert rubric.FAITHFULNESS in sent and sent.index("SOURCE:\nSource text") < sent.index("QUESTION:")
+
+
+def test_benchmark_only_retries_the_judging_alone_from_the_saved_answers(tmp_path, capsys):
+    from finetuner.benchmark.run import run_benchmark
+    from finetuner.evaluation import benchmark_output
+    from finetuner.ui import UserError
+
+    (tmp_path / "heldout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in HELDOUT))
+    with JudgeServer() as gone:
+        dead = gone.base
+    settings = dict(judge_model="grader", benchmark_samples=4, generation_max_retries=0)
+    first = run_benchmark(RunConfig(judge_api_base=dead, **settings), tmp_path,
+                          [("base", WRONG, None, None), ("fine-tuned", RIGHT, None, None)])
+    assert "can't reach the judge endpoint" in first["judge"]["status"]  # one line; the rest is kept
+    assert first["models"][1]["accuracy"]["flexible"]["correct"] == 4 and first["verdict"] is not None
+    with JudgeServer() as server:
+        cfg = RunConfig(judge_api_base=server.base, **settings)
+        again = benchmark_output(cfg, tmp_path)  # there is no model here: nothing could answer anew
+        assert len(server.requests) == 8 and again["judge"]["status"] == "ok"
+        assert again["models"][1]["judge"]["mean"] == 5 and again["models"][0]["judge"]["mean"] == 1
+        assert [s["generation"] for s in again["models"][1]["samples"]] == RIGHT
+        judged = {c["name"]: c for c in again["verdict"]["checks"]}
+        assert judged["judge"]["text"].startswith("· judge: grader's mean score, 1-5: base 1.00")
+        # Complete now: --benchmark-only benchmarks from scratch, which needs the trained model.
+        with pytest.raises(UserError, match="holds no trained model"):
+            benchmark_output(cfg, tmp_path)
+    assert "Scoring the answers saved in" in capsys.readouterr().out

@@ -117,7 +117,8 @@ def speed(student: dict, teacher: dict) -> dict:
         return check("speed", None, None, SPEED_TARGET, "not measured: the teacher answered from a file",
                      status="not measured")
     ratio = s_speed / t_speed
-    ratios = [s / t for s, t in zip(student.get("speed_repeats") or [s_speed], teacher.get("speed_repeats") or [t_speed])]
+    ratios = [s / t for s, t in zip(student.get("speed_repeats") or [s_speed],
+                                    teacher.get("speed_repeats") or [t_speed])]
     low, high = min(ratios), max(ratios)
     text = f"{ratio:.2f}x the teacher's tokens/s ({s_speed:.1f} vs {t_speed:.1f}, best of {len(ratios)} alternate " \
            f"timings; target ≥ {SPEED_TARGET}x)"
@@ -138,7 +139,8 @@ def size(student: dict, teacher: dict) -> dict:
     smaller = 1 - s_params / t_params
     return check("size", smaller >= SMALLER_TARGET, round(smaller, 4), SMALLER_TARGET,
                  f"{smaller:.1%} fewer parameters ({s_params / 1e6:.1f}M of {t_params / 1e6:.1f}M, "
-                 f"{1 - smaller:.1%} kept; target ≥ {SMALLER_TARGET:.0%} fewer, exact count)", f"{smaller:.1%} smaller")
+                 f"{1 - smaller:.1%} kept; target ≥ {SMALLER_TARGET:.0%} fewer, exact count)",
+                 f"{smaller:.1%} smaller")
 
 
 def loops(model: dict, other: dict, whose: str) -> dict:
@@ -165,7 +167,8 @@ def beats_sft(student: dict, sft: dict, measure: str) -> dict:
             f"{_num(sft.get('perplexity'))}")
     if passed is None:
         text += f": {settles(diff, spread, 0.0)}"
-    return check("beats plain fine-tuning", passed, round(diff, 4), 0.0, text, f"{name} {diff:+.3g} vs plain fine-tuning")
+    return check("beats plain fine-tuning", passed, round(diff, 4), 0.0, text,
+                 f"{name} {diff:+.3g} vs plain fine-tuning")
 
 
 def _pct(value: float | None) -> str:

@@ -51,8 +51,9 @@ def _scoring_changed(cfg, report: dict) -> bool:
         return block is not None
     if block is None:
         return True
-    return (block.get("model"), block.get("api_base"), block.get("rubric_version")) != (
-        cfg.judge_model, cfg.judge_api_base, RUBRIC_VERSION) or block.get("status") != "ok" or bool(block.get("missing"))
+    same_judge = (block.get("model"), block.get("api_base"), block.get("rubric_version")) == (
+        cfg.judge_model, cfg.judge_api_base, RUBRIC_VERSION)
+    return not same_judge or block.get("status") != "ok" or bool(block.get("missing"))
 
 
 def rescore(cfg, out_dir: str | Path, report: dict, heldout: list[dict], show_samples: int = 0) -> dict:

@@ -46,7 +46,8 @@ def verdict(report: dict) -> dict | None:
 def quality_measure(report: dict, final: dict, other: dict, distillation: bool) -> tuple[str, list[dict]]:
     """The strongest measure both models have, and a note when the task metric was passed over."""
     notes = []
-    if (report.get("task_metric") or {}).get("used") and checks.has(final, "accuracy") and checks.has(other, "accuracy"):
+    used = (report.get("task_metric") or {}).get("used")
+    if used and checks.has(final, "accuracy") and checks.has(other, "accuracy"):
         if not distillation or other["accuracy"]["flexible"]["accuracy"] >= NEAR_ZERO:
             return "accuracy", notes
         notes.append(checks.near_zero_note(other, final))
@@ -79,7 +80,8 @@ def draft_notes(report: dict) -> list[dict]:
     speedup, repeats = draft["speedup"], draft["speedup_repeats"]
     acceptance = "-" if draft["acceptance"] is None else f"{draft['acceptance']:.0%}"
     text = f"As a draft, the student makes the teacher {speedup:.2f}x faster (acceptance {acceptance}"
-    text += f"; {draft['teacher_tokens_per_s']:.1f} -> {draft['draft_tokens_per_s']:.1f} tokens/s, one prompt at a time)"
+    text += (f"; {draft['teacher_tokens_per_s']:.1f} -> {draft['draft_tokens_per_s']:.1f} tokens/s, "
+             "one prompt at a time)")
     if max(repeats) / min(repeats) > checks.DISAGREE or (min(repeats) < 1 < max(repeats)):
         text += f"; the repeats disagree ({min(repeats):.2f}x to {max(repeats):.2f}x): {checks.UNSETTLED}"
     same, total = draft["identical"], draft["prompts"]

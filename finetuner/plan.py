@@ -199,7 +199,25 @@ def plan_warnings(cfg: RunConfig, pre: Preflight) -> list[str]:
         elif cfg.benchmark_samples > held:
             notes.append(f"benchmark_samples is {cfg.benchmark_samples} but only {held} rows are held out; "
                          f"the benchmark will use {held} (raise eval_fraction or max_samples for more)")
+        notes += _size_note(cfg, pre)
     return notes
+
+
+def _size_note(cfg: RunConfig, pre: Preflight) -> list[str]:
+    """The verdict's size check, said before "Start?" when this student cannot pass it."""
+    from finetuner import models
+    from finetuner.benchmark.checks import SMALLER_TARGET
+
+    if not pre.recipe.distils or cfg.teacher_api_base:
+        return []
+    student = models.parameter_count(pre.recipe.trained, pre.recipe.derived_layers)
+    teacher = models.parameter_count(pre.recipe.teacher)
+    smaller = 1 - student / teacher
+    if smaller >= SMALLER_TARGET:
+        return []
+    return [f"the student has {smaller:.1%} fewer parameters than the teacher ({student / 1e6:.1f}M of "
+            f"{teacher / 1e6:.1f}M); the verdict's size check wants at least {SMALLER_TARGET:.0%} fewer, so it "
+            "will not pass (keep fewer layers for it to)"]
 
 
 # ---- one formatted example ------------------------------------------------------------------

@@ -60,3 +60,13 @@ def test_without_a_probe_the_plan_says_the_estimate_is_calibrated_and_why(tiny_l
     monkeypatch.setattr(probe, "MEMORY_SHARE", 0.0)  # as if the models would not fit beside what is loaded
     big = plan.estimate(cfg, pre)
     assert big.how.startswith("calibrated") and "GB to probe" in big.how
+
+
+def test_the_plan_warns_when_the_student_cannot_pass_the_verdicts_size_check(tiny_llama, tiny_llama_small, qa_file,
+                                                                            tmp_path):
+    # 3 of the tiny teacher's 4 layers: 22% fewer parameters; the 2-layer student has 43% fewer.
+    cfg = dataclasses.replace(distill(tiny_llama, tiny_llama_small, qa_file, tmp_path / "out"), benchmark=True)
+    assert not any("size check" in n for n in plan.plan_warnings(cfg, plan.preflight(cfg)))
+    cut = dataclasses.replace(cfg, student=str(tiny_llama), student_layers=3)
+    notes = plan.plan_warnings(cut, plan.preflight(cut))
+    assert any("fewer parameters than the teacher" in n and "size check wants at least 40% fewer" in n for n in notes)

@@ -93,7 +93,7 @@ def _sync(model) -> None:
 
 
 def measure(teacher, student, tokenizer, prompts: list, max_new_tokens: int = MAX_NEW_TOKENS,
-            repeats: int = REPEATS, on_answer=None) -> dict:  # long: one loop, alternating the two modes
+            repeats: int = REPEATS, on_answer=None) -> dict:
     """Time the teacher alone and with `student` drafting, alternately; see the module docstring.
     on_answer() is called after each timed answer (2 x prompts x repeats of them)."""
     teacher.eval()

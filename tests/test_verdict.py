@@ -106,7 +106,7 @@ def test_quality_uses_accuracy_when_the_task_has_final_answers():
         quality = _checks(report)["quality"]
         assert quality["passed"] is passed and quality["text"].startswith(f"{'✓✗–'[[True, False, None].index(passed)]} "
                                                                           "quality: accuracy")
-    assert "target ≥ 90% of the teacher's 50%, i.e. ≥ 45%" in quality["text"] and "answers would settle it" in quality["text"]
+    assert "of the teacher's 50% (target ≥ 90%, i.e. ≥ 45%)" in quality["text"] and "answers would settle it" in quality["text"]
     # Without the task metric in use, the same results are judged by ROUGE-L.
     assert "ROUGE-L" in _checks(compare([teacher, _model("student after", 0.1, 5, 40.0, 0, correct=36)],
                                         "distillation"))["quality"]["text"]
@@ -146,7 +146,7 @@ def test_the_student_as_a_draft_is_a_note_with_speedup_and_acceptance():
                              "teacher_tokens_per_s": 30.0, "draft_tokens_per_s": 48.0, "identical": 4}}
     report = compare([_model("teacher", 0.2, 10, 20.0, 0), _model("student after", 0.2, 5, 40.0, 0)], "distillation", draft)
     note = _checks(report)["as a draft"]["text"]
-    assert note.startswith("· as a draft: As a draft, the student makes the teacher 1.60x faster (acceptance 71%")
+    assert note.startswith("· as a draft: the student makes the teacher 1.60x faster (acceptance 71%")
     assert "identical to the teacher's own on all 4 prompts" in note
 
 

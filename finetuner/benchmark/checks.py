@@ -94,7 +94,7 @@ def quality(final: dict, other: dict, measure: str, distillation: bool) -> dict:
     got += f"; strict {final['accuracy']['strict']['accuracy']:.0%})" if measure == "accuracy" else ")"
     if distillation:
         share = est / ref if ref > 0 else None
-        wanted = f"target ≥ {QUALITY_TARGET:.0%} of {whose} {show(measure, ref)}, i.e. ≥ {show(measure, target)}"
+        wanted = f"target ≥ {QUALITY_TARGET:.0%}, i.e. ≥ {show(measure, target)}"
         text = f"{got} is {_pct(share)} of {whose} {show(measure, ref)} ({wanted})"
         short, measured = f"{name} {_pct(share)} of the teacher's", None if share is None else round(share, 4)
     else:

@@ -79,7 +79,7 @@ def draft_notes(report: dict) -> list[dict]:
         return [checks.note("as a draft", f"not measured: {draft['why']}")]
     speedup, repeats = draft["speedup"], draft["speedup_repeats"]
     acceptance = "-" if draft["acceptance"] is None else f"{draft['acceptance']:.0%}"
-    text = f"As a draft, the student makes the teacher {speedup:.2f}x faster (acceptance {acceptance}"
+    text = f"the student makes the teacher {speedup:.2f}x faster (acceptance {acceptance}"
     text += (f"; {draft['teacher_tokens_per_s']:.1f} -> {draft['draft_tokens_per_s']:.1f} tokens/s, "
              "one prompt at a time)")
     if max(repeats) / min(repeats) > checks.DISAGREE or (min(repeats) < 1 < max(repeats)):

@@ -34,6 +34,9 @@ def test_a_reference_matches_itself_and_not_its_neighbour(gsm8k):
     ("So she has 3 + 4 = 7 apples.", None, "7"),         # nothing marked: only flexible finds it
     ("I cannot tell.", None, None),
     ("The answer is (B).", "b", "b"),
+    ("She owes #### -5.", "-5", "-5"),                    # negative, with a trailing period
+    ("The answer is $1,000.", "1000", "1000"),           # $ and a thousands comma
+    ("1,234 apples and then 56.", None, "56"),           # flexible: the last number, not the first
 ])
 def test_extraction_edge_cases(response, expected_strict, expected_flexible):
     assert strict(response) == expected_strict

@@ -28,7 +28,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help="override one answer")
     parser.add_argument("--defaults", action="store_true", help="take the default for anything unanswered")
     parser.add_argument("--dry-run", action="store_true", help="resolve and validate, print the plan, load nothing")
-    parser.add_argument("--yes", "-y", action="store_true", help="skip the confirmation")
+    parser.add_argument("--yes", "-y", action="store_true",
+                        help="ask nothing: no confirmation, no question (a missing answer is an error)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output directory")
     parser.add_argument("--resume", action="store_true", help="continue from the output directory's last checkpoint")
     parser.add_argument("--cache-teacher", action="store_true",
@@ -106,20 +107,18 @@ def answer_options(args: argparse.Namespace) -> AnswerOptions:
 def plan_stage(args: argparse.Namespace, cfg: RunConfig, secrets: dict):
     """Check, show the plan, and ask "Start?" until the user starts (returns the config, secrets,
     checked data and estimate to run with) or stops (None: a dry run, or "not now")."""
-    from finetuner import plan
-
     while True:
-        checked = plan.preflight(cfg)  # everything cheap that could fail, before the plan and "Start?"
-        plan.show_example(checked)
-        estimate = plan.estimate(cfg, checked, dry_run=args.dry_run)
-        show_plan(cfg, checked, estimate)
         saved = answers_path(cfg.output_dir)
+        try:
+            checked, estimate = check_and_show_plan(cfg, args.dry_run)
+        except ui.UserError as err:
+            raise answers_kept(err, cfg) from None
         if args.dry_run:
-            if ui.is_interactive() and not args.answers:
+            if ui.can_ask() and not args.answers:
                 ui.success(f"Answers saved to {save_answers(saved, cfg.to_answers())}")
             ui.success("Dry run: every setting and check passed; no weights were loaded, nothing was trained.")
             return None
-        choice = confirm_start() if ui.is_interactive() and not args.yes else "start"
+        choice = confirm_start() if ui.can_ask() else "start"
         if choice == "start":
             break
         if choice == "quit":
@@ -132,6 +131,26 @@ def plan_stage(args: argparse.Namespace, cfg: RunConfig, secrets: dict):
         save_answers(saved, cfg.to_answers())
     ui.info(f"Answers saved to {saved} (replay: {replay_command(saved)})")
     return cfg, secrets, checked, estimate
+
+
+def check_and_show_plan(cfg: RunConfig, dry_run: bool):
+    """Everything cheap that could fail, then the example and the plan: (checked data, estimate)."""
+    from finetuner import plan
+
+    checked = plan.preflight(cfg)
+    plan.show_example(checked)
+    estimate = plan.estimate(cfg, checked, dry_run=dry_run)
+    show_plan(cfg, checked, estimate)
+    return checked, estimate
+
+
+def answers_kept(err: ui.UserError, cfg: RunConfig) -> ui.UserError:
+    """A check after the questions failed: the answers typed are saved, and the error says how to replay them."""
+    if not ui.can_ask() or not distributed.is_main_process():
+        return err  # nothing was typed: the answers are in the file and --set given
+    saved = save_answers(answers_path(cfg.output_dir), cfg.to_answers())
+    replay = f"your answers are saved; fix the setting (--set KEY=VALUE, or in the file) and run:  {replay_command(saved)}"
+    return ui.UserError(err.message, hint=f"{err.hint}; {replay}" if err.hint else replay, details=err.details)
 
 
 def show_plan(cfg: RunConfig, checked, estimate) -> None:
@@ -250,7 +269,7 @@ def write_launch_stage(answers: dict, directory: Path) -> int:
 
 def offer_launch(answers: dict, out_dir: str) -> None:
     """After an interactive run: the same run on more GPUs or machines is one launcher away."""
-    if ui.is_interactive() and ui.confirm("Write launch configs to run this on several GPUs or machines?"):
+    if ui.can_ask() and ui.confirm("Write launch configs to run this on several GPUs or machines?"):
         write_launch_stage(answers, Path(out_dir) / "launch")
 
 
@@ -273,6 +292,7 @@ def finished_run_stage(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     noise.hide_handled_interrupts()
     args = parse_args(argv)
+    ui.forbid_prompts(args.yes)  # --yes: nothing is asked, ever
     distributed.quiet_other_ranks()  # errors still show, marked with their rank
     try:
         return run(args)

@@ -32,14 +32,14 @@ def gather(options: AnswerOptions) -> tuple[RunConfig, Answers]:
     given = load_answers(options.answers_file) if options.answers_file else {}
     given.update(parse_overrides(list(options.overrides)))
     previous = {}
-    if ui.is_interactive() and not options.answers_file and (found := find_previous_answers()):
+    if ui.can_ask() and not options.answers_file and (found := find_previous_answers()):
         previous = previous_defaults(found)
         ui.info(f"The defaults are your previous answers, from {found} (Enter keeps them).")
     return resolve_config(options, given, previous)
 
 
 def resolve_config(options: AnswerOptions, given: Answers, previous: Answers) -> tuple[RunConfig, Answers]:
-    interactive = ui.is_interactive()
+    interactive = ui.can_ask()
     checks: dict[str, Check] = {}
     if options.check_output_dir:
         checks["output_dir"] = output_dir_check(options.overwrite, options.resume, interactive)
@@ -117,6 +117,6 @@ def hub_token_configured() -> bool:
 def hub_token_for_upload() -> str | None:
     """--upload-only's token: asked at a terminal when none is configured, else None (the upload
     then finds the configured one, or says how to log in)."""
-    if hub_token_configured() or not ui.is_interactive():
+    if hub_token_configured() or not ui.can_ask():
         return None
     return ask(HUB_TOKEN, None, {})

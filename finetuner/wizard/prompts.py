@@ -37,6 +37,7 @@ def choose_setting(answers: Answers) -> str:
 
 def confirm_start() -> str:
     """'start', 'edit' (change one setting, then see the plan again) or 'quit'."""
+    ui.flush_typeahead()  # an Enter pressed during the checks must not start the run unseen
     return ui.choose("Start?", [("Yes, start", "start"),
                                 ("Change a setting first", "edit"),
                                 ("No, not now (the answers are saved for next time)", "quit")])

@@ -153,3 +153,19 @@ def test_dry_run_checks_teacher_and_student_tokenizers(tmp_path, tiny_llama, qa_
                  "--set", "distillation_mode=logits")  # --defaults alone picks responses for differing tokenizers
     assert_user_error(result, "tokenizers differ")
     assert "responses" in result.stderr  # the hint offers the mode that works
+
+
+def test_benchmark_only_benchmarks_a_run_trained_without_a_benchmark_with_its_set_settings(tmp_path):
+    out = tmp_path / "run"
+    write_answers((out.mkdir() or out) / "finetuner-answers.yaml", output_dir=str(out), benchmark=False)
+    # benchmark: false leaves the benchmark settings out; --benchmark-only turns it on, so they count.
+    assert_user_error(cli("--benchmark-only", str(out), "--set", "benchmark_samples=0"),
+                      "benchmark_samples: must be at least 1")
+
+
+def test_upload_only_while_offline_says_the_hub_is_offline_not_to_use_upload_only(tmp_path):
+    out = tmp_path / "run"
+    write_answers((out.mkdir() or out) / "finetuner-answers.yaml", output_dir=str(out), hub_repo="me/model")
+    result = cli("--upload-only", str(out))
+    assert_user_error(result, "HF_HUB_OFFLINE is set")
+    assert "--upload-only" not in result.stderr

@@ -320,3 +320,17 @@ def test_yes_then_the_next_command_runs_to_the_end_without_a_prompt(tmp_path, ti
     index = child.expect(["NEXT-RAN", r"\? ", pexpect.EOF])
     assert index == 0, f"stopped at a prompt or failed: {child.before}"
     finish(child)
+
+
+@pytest.mark.slow  # reads a tokenizer and the data in a terminal (about 10 s on 2 busy cores)
+def test_a_check_failing_after_the_questions_keeps_the_answers_and_says_how_to_replay(tmp_path, tiny_gpt2):
+    data = tmp_path / "numbers.jsonl"
+    data.write_text("".join(f'{{"a": {i}, "b": {i + 1}}}\n' for i in range(10)))  # no column to train on
+    out = tmp_path / "kept"
+    child = spawn("--set", "approach=fine-tuning", "--set", f"model={tiny_gpt2}", "--set", "method=lora",
+                  "--set", f"output_dir={out}", "--set", f"dataset={data}", "--defaults")
+    output = finish(child)
+    assert child.exitstatus == 1 and "found no column to train on" in output, output
+    saved = out / "finetuner-answers.yaml"
+    assert saved.is_file() and yaml.safe_load(saved.read_text())["dataset"] == str(data)
+    assert f"--answers {saved}" in output.replace("\r\n", "")

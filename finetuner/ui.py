@@ -103,6 +103,22 @@ def table(title: str, rows: Mapping[str, object] | Iterable[tuple[str, object]])
     console.print(grid)
 
 
+def tracked(items: list, description: str):
+    """`items`, one by one, behind a progress bar on a terminal (a phase that may take more than a
+    few seconds must show it is moving); plain iteration elsewhere."""
+    if not is_interactive():
+        yield from items
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn(escape(description)), BarColumn(bar_width=20), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("", total=len(items))
+        for item in items:
+            yield item
+            bar.advance(task)
+
+
 def escape(text: str) -> str:
     """`text` made safe to put inside rich markup (a user string between [dim] and [/])."""
     from rich.markup import escape as rich_escape

@@ -75,9 +75,9 @@ def mode_problem(mode: str, answers: Answers) -> str | None:
     if mode not in ("logits", "hybrid"):
         return None
     if answers.get("teacher_api_base"):
-        return (f"{mode} needs the teacher's weights, and an API teacher only writes text; choose responses "
-                "(the teacher writes the answers the student trains on)")
+        return (f"{mode} needs the teacher's weights, and an API teacher only writes text; use distillation_mode "
+                "responses (the teacher writes the answers the student trains on)")
     if tokenizers_differ(answers.get("teacher", ""), answers.get("student", "")):
-        return (f"{mode} matches token probabilities, and the teacher's and student's tokenizers differ; choose "
-                "responses (any tokenizer), or a student of the teacher's family")
+        return (f"{mode} matches token probabilities, and the teacher's and student's tokenizers differ; use "
+                "distillation_mode responses (any tokenizer), or a student of the teacher's family")
     return None

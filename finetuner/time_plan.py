@@ -84,12 +84,12 @@ def estimate(cfg: RunConfig, pre, rates: Rates) -> TimeEstimate:
     """Every phase of the run, from the preflight's data and the rates."""
     recipe, data = pre.recipe, pre.data
     if data is None:  # the teacher writes the rows from documents after "Start?"
-        return TimeEstimate((preparation(recipe, None, rates),
+        return TimeEstimate((preparation(cfg, recipe, None, rates),
                              Phase("training", None, "not estimated: the teacher writes the rows after \"Start?\"")),
                             rates.how, rates.notes)
     if not data.stats.get("train_rows"):
         return TimeEstimate((Phase("training", 0.0, "no rows to train on"),), rates.how, rates.notes)
-    phases = [preparation(recipe, data, rates), generation(cfg, recipe, data, rates), cache_build(recipe, data, rates),
+    phases = [preparation(cfg, recipe, data, rates), generation(cfg, recipe, data, rates), cache_build(recipe, data, rates),
               Phase("training", training_seconds(_training_recipe(recipe), data, rates), rates.how),
               baseline(cfg, recipe, data, rates), benchmark(cfg, recipe, data, rates)]
     return TimeEstimate(tuple(p for p in phases if p is not None), rates.how, rates.notes)
@@ -119,12 +119,23 @@ def _params(name: str, layers: int | None = None) -> int:
     return models.parameter_count(name, layers)
 
 
-def preparation(recipe: Recipe, data, rates: Rates) -> Phase:
+def _params_if_here(name: str) -> int | None:
+    """Parameters of a model that may not be on this machine (a teacher its complete cache stands in for)."""
+    from finetuner.ui import UserError
+
+    try:
+        return _params(name)
+    except (UserError, OSError, ValueError):
+        return None
+
+
+def preparation(cfg: RunConfig, recipe: Recipe, data, rates: Rates) -> Phase:
     """Built-ins converted on first use, weights read, and a derived student's layers chosen by loss."""
     from finetuner import sources
     from finetuner.models.loading import builtin_converted
 
-    loaded = [recipe.trained] + ([recipe.teacher] if recipe.runs_teacher or recipe.writes else [])
+    local_teacher = recipe.runs_teacher or (recipe.writes and not cfg.teacher_api_base)
+    loaded = [recipe.trained] + ([recipe.teacher] if local_teacher else [])
     loaded = [name for name in dict.fromkeys(loaded) if name]
     what, seconds = [], 0.0
     fresh = [n for n in loaded if sources.model_kind(n) == "builtin" and not builtin_converted(n)]
@@ -183,9 +194,8 @@ def baseline(cfg: RunConfig, recipe: Recipe, data, rates: Rates) -> Phase | None
         return None
     from finetuner.baseline import baseline_config
 
-    plain = Recipe.of(baseline_config(cfg))
-    seconds = training_seconds(plain, data, rates)
-    return Phase("SFT baseline", seconds, "the same steps, plain fine-tuning")
+    return Phase("SFT baseline", training_seconds(Recipe.of(baseline_config(cfg)), data, rates),
+                 "the same steps, plain fine-tuning")
 
 
 def benchmark(cfg: RunConfig, recipe: Recipe, data, rates: Rates) -> Phase | None:
@@ -203,8 +213,8 @@ def benchmark(cfg: RunConfig, recipe: Recipe, data, rates: Rates) -> Phase | Non
         return Phase("benchmark", None, "not estimated: no decoding rate here")
     trained = _params(recipe.trained, recipe.derived_layers)
     compared = [trained, trained]  # base and fine-tuned; student before and after
-    if recipe.distils and not cfg.teacher_api_base:
-        compared.append(_params(recipe.teacher))
+    if recipe.distils and not cfg.teacher_api_base and (teacher := _params_if_here(recipe.teacher)):
+        compared.append(teacher)
     if recipe.distils and cfg.sft_baseline:
         compared.append(trained)
     steps = math.ceil(prompts / ANSWER_BATCH) * cfg.max_new_tokens + min(cfg.max_new_tokens, SPEED_TOKENS) + 2
@@ -280,7 +290,6 @@ class PhaseClock:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
-
     def write(self, out: Path, plan: TimeEstimate) -> Path:
         from finetuner import artifacts
 

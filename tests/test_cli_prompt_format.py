@@ -35,6 +35,8 @@ def test_chat_data_without_a_template_saves_the_format_training_used(tmp_path, t
         max_samples=24, max_length=64, epochs=1, max_steps=1, batch_size=4, gradient_accumulation=1,
         benchmark=False, upload=False, merge_adapter=False)))
     assert main(["--answers", str(answers), "--defaults", "--yes"]) == 0
+    assert (out / "README.md").is_file()  # the model card is written when training ends, not at upload
+    assert "training" in json.loads((out / "timings.json").read_text())["estimate"]["phases"]
 
     # The prompt ids of a training row, as training tokenized them (the part masked out of the loss).
     prepared = prepare(config_of(str(out)), plain)

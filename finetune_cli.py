@@ -11,12 +11,10 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import time
 from pathlib import Path
 
 from finetuner import __version__, distributed, noise, ui
 from finetuner.config import RunConfig, applies
-from finetuner.config_checks import warnings_for
 from finetuner.wizard.answers import answers_path, parse_overrides, replay_command, resume_command, save_answers
 from finetuner.wizard.gather import AnswerOptions, edit_one_setting, gather
 from finetuner.wizard.prompts import confirm_start
@@ -28,7 +26,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help="override one answer")
     parser.add_argument("--defaults", action="store_true", help="take the default for anything unanswered")
     parser.add_argument("--dry-run", action="store_true", help="resolve and validate, print the plan, load nothing")
-    parser.add_argument("--yes", "-y", action="store_true", help="skip the confirmation")
+    parser.add_argument("--yes", "-y", action="store_true",
+                        help="ask nothing: no confirmation, no question (a missing answer is an error)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output directory")
     parser.add_argument("--resume", action="store_true", help="continue from the output directory's last checkpoint")
     parser.add_argument("--cache-teacher", action="store_true",
@@ -63,18 +62,23 @@ def run(args: argparse.Namespace) -> int:
     if confirmed is None:
         return 0  # a dry run, or "not now"
     cfg, secrets, checked, estimate = confirmed
-    started = time.perf_counter()
+    from finetuner.time_plan import PhaseClock
 
-    written = generate_stage(cfg)
+    clock = PhaseClock()
+    with clock.phase("teacher generation"):
+        written = generate_stage(cfg)
     if args.generate_only:
         return generate_only_stage(written, cfg.output_dir)
     if args.cache_teacher:
         return cache_teacher_stage(cfg, checked, written, answers_path(cfg.output_dir))
-    result = train_stage(cfg, checked, written, args.resume, args.verbose)
+    with clock.phase("before training"):  # model preparation and the teacher cache; training is taken out
+        result = train_stage(cfg, checked, written, args.resume, args.verbose)
     if result.interrupted:
         return 130
+    clock.move("before training", "training", result.seconds)
     # Every rank trains the baseline, as it trained the student; then the ranks part.
-    baseline_interrupted = checked.recipe.distils and cfg.sft_baseline and sft_baseline_stage(cfg) == 130
+    with clock.phase("SFT baseline"):
+        baseline_interrupted = checked.recipe.distils and cfg.sft_baseline and sft_baseline_stage(cfg) == 130
     distributed.finish()
     if baseline_interrupted:
         return 130
@@ -82,12 +86,15 @@ def run(args: argparse.Namespace) -> int:
         return 0  # the main process saved the model; it alone benchmarks and uploads
     from finetuner import model_card, summary
 
-    model_card.write_adapter_card(cfg, cfg.output_dir)
-
+    cards_stage(cfg)
     if cfg.benchmark and applies("benchmark", cfg):
-        benchmark_stage(cfg, args.show_samples, args.verbose)
-    uploaded = upload_stage(cfg, secrets.get("hub_token")) if cfg.upload else None
-    summary.show(cfg.output_dir, result.seconds, time.perf_counter() - started,
+        with clock.phase("benchmark"):
+            benchmark_stage(cfg, args.show_samples, args.verbose)
+        model_card.write_model_card(cfg, cfg.output_dir)  # now with the benchmark's results
+    with clock.phase("upload"):
+        uploaded = upload_stage(cfg, secrets.get("hub_token")) if cfg.upload else None
+    clock.write(Path(cfg.output_dir), estimate)
+    summary.show(cfg.output_dir, result.seconds, clock.elapsed(),
                  estimate=estimate.seconds, hub_repo=cfg.hub_repo, uploaded=uploaded)
     offer_launch(cfg.to_answers(), cfg.output_dir)
     return 0
@@ -109,17 +116,17 @@ def plan_stage(args: argparse.Namespace, cfg: RunConfig, secrets: dict):
     from finetuner import plan
 
     while True:
-        checked = plan.preflight(cfg)  # everything cheap that could fail, before the plan and "Start?"
-        plan.show_example(checked)
-        estimate = plan.estimate(cfg, checked, dry_run=args.dry_run)
-        show_plan(cfg, checked, estimate)
         saved = answers_path(cfg.output_dir)
+        try:
+            checked, estimate = plan.check_and_show(cfg, args.dry_run)
+        except ui.UserError as err:
+            raise answers_kept(err, cfg) from None
         if args.dry_run:
-            if ui.is_interactive() and not args.answers:
+            if ui.can_ask() and not args.answers:
                 ui.success(f"Answers saved to {save_answers(saved, cfg.to_answers())}")
             ui.success("Dry run: every setting and check passed; no weights were loaded, nothing was trained.")
             return None
-        choice = confirm_start() if ui.is_interactive() and not args.yes else "start"
+        choice = confirm_start() if ui.can_ask() else "start"
         if choice == "start":
             break
         if choice == "quit":
@@ -134,22 +141,13 @@ def plan_stage(args: argparse.Namespace, cfg: RunConfig, secrets: dict):
     return cfg, secrets, checked, estimate
 
 
-def show_plan(cfg: RunConfig, checked, estimate) -> None:
-    """The settings, then what they add up to; each module that knows a fact adds its rows here."""
-    from finetuner import plan
-
-    from finetuner.memory_plan import plan_rows as memory_rows
-    from finetuner.objectives.layer_map import plan_rows as hidden_state_rows
-    from finetuner.teachers.topk_cache import plan_rows as cache_rows
-
-    rows = list(cfg.to_answers().items())
-    rows += plan.derived_facts(cfg, checked, estimate)
-    rows += hidden_state_rows(cfg)
-    rows += cache_rows(cfg, checked.data)
-    rows += memory_rows(cfg)
-    ui.table("Plan", rows)
-    for note in [*warnings_for(cfg), *plan.plan_warnings(cfg, checked)]:
-        ui.warning(note)
+def answers_kept(err: ui.UserError, cfg: RunConfig) -> ui.UserError:
+    """A check after the questions failed: the answers typed are saved, and the error says how to replay them."""
+    if not ui.can_ask() or not distributed.is_main_process():
+        return err  # nothing was typed: the answers are in the file and --set given
+    saved = save_answers(answers_path(cfg.output_dir), cfg.to_answers())
+    replay = f"your answers are saved; fix the setting (--set KEY=VALUE, or in the file) and run:  {replay_command(saved)}"
+    return ui.UserError(err.message, hint=f"{err.hint}; {replay}" if err.hint else replay, details=err.details)
 
 
 # ---- generate, train, baseline ----------------------------------------------------------------
@@ -220,6 +218,15 @@ def sft_baseline_stage(cfg: RunConfig) -> int:
 
 # ---- after training: card, benchmark, upload, launch configs ----------------------------------
 
+def cards_stage(cfg: RunConfig) -> None:
+    """The model card, as soon as the model is saved: beside an adapter (instead of PEFT's blank
+    template) and in the output directory (what an upload sends), for every approach."""
+    from finetuner import model_card
+
+    model_card.write_adapter_card(cfg, cfg.output_dir)
+    model_card.write_model_card(cfg, cfg.output_dir)
+
+
 def benchmark_stage(cfg: RunConfig, show_samples: int, verbose: bool = False) -> None:
     """Benchmark a finished run; a run with nothing to benchmark says so and still succeeds."""
     from finetuner import artifacts
@@ -250,7 +257,7 @@ def write_launch_stage(answers: dict, directory: Path) -> int:
 
 def offer_launch(answers: dict, out_dir: str) -> None:
     """After an interactive run: the same run on more GPUs or machines is one launcher away."""
-    if ui.is_interactive() and ui.confirm("Write launch configs to run this on several GPUs or machines?"):
+    if ui.can_ask() and ui.confirm("Write launch configs to run this on several GPUs or machines?"):
         write_launch_stage(answers, Path(out_dir) / "launch")
 
 
@@ -273,6 +280,7 @@ def finished_run_stage(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     noise.hide_handled_interrupts()
     args = parse_args(argv)
+    ui.forbid_prompts(args.yes)  # --yes: nothing is asked, ever
     distributed.quiet_other_ranks()  # errors still show, marked with their rank
     try:
         return run(args)

@@ -10,7 +10,8 @@ from finetuner.wizard.questions import Answers
 
 
 def benchmark(out_dir: str, overrides: Answers, show_samples: int) -> None:
-    cfg = config_of(out_dir, overrides)
+    # A run trained with benchmark: false is benchmarked now: its benchmark settings apply.
+    cfg = config_of(out_dir, overrides, forced={"benchmark": True})
     from finetuner.evaluation import benchmark_output
 
     benchmark_output(cfg, out_dir, show_samples=show_samples)
@@ -18,9 +19,13 @@ def benchmark(out_dir: str, overrides: Answers, show_samples: int) -> None:
 
 def upload(out_dir: str, overrides: Answers) -> str:
     """Write the card and upload; a token is asked for only where none is configured."""
-    from finetuner import hub
+    from finetuner import hub, ui
+    from finetuner.sources import hub_offline
 
-    cfg = config_of(out_dir, {"upload": True, **overrides})
+    if hub_offline():
+        raise ui.UserError("HF_HUB_OFFLINE is set, so the Hub can't be reached to upload",
+                           hint="once online, unset HF_HUB_OFFLINE (or set it to 0) and run this again")
+    cfg = config_of(out_dir, overrides, forced={"upload": True})
     return hub.publish(cfg, out_dir, token=hub_token_for_upload())
 
 

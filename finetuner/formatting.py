@@ -53,23 +53,29 @@ def leading_special_ids(tokenizer) -> list[int]:
     return []
 
 
-def plain_chat_template(tokenizer) -> str:
+def plain_chat_template(tokenizer, chat: bool = False) -> str:
     """A chat template that writes exactly what `render_prompt` / `render_messages_prompt` write for
     a tokenizer without one (and the leading BOS `encode_prompt` adds), so the saved model is
-    asked in the format it was trained on by `apply_chat_template`, chat UIs and the Hub."""
+    asked in the format it was trained on by `apply_chat_template`, chat UIs and the Hub.
+
+    `chat`: the model trained on conversations (`messages`), whose every prompt, a single user turn
+    included, was written `role: content` lines then `assistant: `; else it trained on prompts
+    written as the prompt and a newline, which a single user turn renders as."""
     bos = "{{ bos_token }}" if leading_special_ids(tokenizer) else ""
     newline = "{{ '\\n' }}"
+    turns = (f"{{%- for m in messages -%}}{{{{ m['role'] }}}}: {{{{ m['content'] }}}}{newline}{{%- endfor -%}}"
+             "{%- if add_generation_prompt -%}{{ 'assistant: ' }}{%- endif -%}")
+    if chat:
+        return bos + turns
     return (
         f"{bos}{{%- if messages | length == 1 and messages[0]['role'] == 'user' and add_generation_prompt -%}}"
         f"{{{{ messages[0]['content'] }}}}{newline}"
-        "{%- else -%}"
-        f"{{%- for m in messages -%}}{{{{ m['role'] }}}}: {{{{ m['content'] }}}}{newline}{{%- endfor -%}}"
-        "{%- if add_generation_prompt -%}{{ 'assistant: ' }}{%- endif -%}"
-        "{%- endif -%}"
+        f"{{%- else -%}}{turns}{{%- endif -%}}"
     )
 
 
-def save_prompt_format(tokenizer) -> None:
-    """Give a tokenizer without a chat template the one training used (before saving it)."""
+def save_prompt_format(tokenizer, chat: bool = False) -> None:
+    """Give a tokenizer without a chat template the one training used (before saving it); `chat`:
+    the training rows were conversations (see `plain_chat_template`)."""
     if not has_chat_template(tokenizer):
-        tokenizer.chat_template = plain_chat_template(tokenizer)
+        tokenizer.chat_template = plain_chat_template(tokenizer, chat)

@@ -2,9 +2,9 @@
 alone (no weights): the checks that would otherwise fail seconds into training (no usable
 column, tokenizers that differ, an impossible student) and the derived facts the plan shows.
 
-The time estimate is counted tokens x FLOPs per token / a rate. The rate is measured by a probe
-step on this machine (probe.py); where no probe can run, a rate calibrated on one 2-core CPU
-stands in, and the plan says which.
+The time of each phase is counted work over a rate (time_plan.py). The rates are measured by a
+probe on this machine (probe.py); where no probe can run, rates calibrated on one 2-core CPU stand
+in, and the plan says which.
 """
 
 from __future__ import annotations
@@ -15,13 +15,7 @@ from dataclasses import dataclass
 from finetuner import ui
 from finetuner.config import RunConfig
 from finetuner.recipe import Recipe
-
-# Effective training FLOP/s per CPU thread (bf16 autocast), from finetuner's DistillationTrainer in
-# benchmarks/results/distill_speed-2026-11-24.json: 3.775 s a step of 8 GSM8K rows (about 1,000
-# answer and 550 prompt tokens) on 2 idle cores, SmolLM2-135M teaching its 15-layer student:
-# about 1.05 TFLOP a step by the count in `training_flops`, so 278 GFLOP/s, 139 per thread.
-CPU_FLOPS_PER_CORE = 139e9
-CALIBRATION = "calibrated on another 2-core CPU, not measured here"
+from finetuner.time_plan import TimeEstimate
 
 
 @dataclass
@@ -81,39 +75,61 @@ def check_logits(recipe: Recipe, teacher_absent: bool) -> None:
                                     "of a family README's compatibility table lists")
 
 
+# ---- the plan shown before "Start?" -------------------------------------------------------------
+
+def check_and_show(cfg: RunConfig, dry_run: bool) -> tuple[Preflight, TimeEstimate]:
+    """Everything cheap that could fail, then the example and the plan: (checked data, estimate)."""
+    checked = preflight(cfg)
+    show_example(checked)
+    time = estimate(cfg, checked, dry_run=dry_run)
+    show(cfg, checked, time)
+    return checked, time
+
+
+def show(cfg: RunConfig, checked: Preflight, time: TimeEstimate) -> None:
+    """The settings, then what they add up to; each module that knows a fact adds its rows here."""
+    from finetuner.config_checks import warnings_for
+    from finetuner.memory_plan import plan_rows as memory_rows
+    from finetuner.objectives.layer_map import plan_rows as hidden_state_rows
+    from finetuner.teachers.topk_cache import plan_rows as cache_rows
+
+    rows = list(cfg.to_answers().items())
+    rows += derived_facts(cfg, checked, time)
+    rows += hidden_state_rows(cfg)
+    rows += cache_rows(cfg, checked.data)
+    rows += memory_rows(cfg)
+    ui.table("Plan", rows)
+    for note in [*warnings_for(cfg), *plan_warnings(cfg, checked, time)]:
+        ui.warning(note)
+
+
 # ---- derived facts --------------------------------------------------------------------------
 
-def device_name() -> str:
+def device_name(cfg: RunConfig | None = None) -> str:
     import torch
 
     from finetuner import models
 
     if torch.cuda.is_available():
         return f"GPU: {torch.cuda.get_device_name(0)}"
-    return f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads), {models.cpu_precision_reason()}"
-
-
-@dataclass(frozen=True)
-class TimeEstimate:
-    seconds: float | None  # the optimizer steps, not loading or benchmarking; None where not estimated
-    how: str  # how it was made, for the plan
+    teacher = cfg is None or cfg.is_distillation and not cfg.teacher_api_base
+    precision = models.cpu_precision_reason()
+    if not teacher:  # a fine-tuning plan has no teacher to run in bf16
+        precision = precision.replace(", teacher in bf16", "")
+    return f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads), {precision}"
 
 
 def estimate(cfg: RunConfig, pre: Preflight, dry_run: bool = False) -> TimeEstimate:
-    """Training time from a probe step on this machine, else from the calibrated rate."""
-    import torch
+    """Every phase's time, from a probe on this machine, else from the calibrated rates."""
+    from finetuner import probe, time_plan
 
-    from finetuner import probe
-
-    if pre.data is None:  # no rows yet when the teacher writes them from documents
-        return TimeEstimate(None, "not estimated: the teacher writes the rows after \"Start?\"")
-    if not pre.data.stats.get("train_rows"):
-        return TimeEstimate(0.0, "no rows to train on")
+    if pre.data is None or not pre.data.stats.get("train_rows"):
+        return time_plan.estimate(cfg, pre, time_plan.calibrated("no rows to probe yet"))
     why = "a dry run times nothing" if dry_run else probe.why_not(pre.recipe)
     if why is None:
-        ui.step(f"Timing one training step on this machine ({cfg.batch_size} rows, random weights)")
+        ui.step(f"Timing training steps and decoding on this machine ({cfg.batch_size} rows, random weights)")
         try:
-            measured = probe.measure(cfg, pre.recipe, pre.data, pre.tokenizer)
+            measured = probe.measure(cfg, pre.recipe, pre.data, pre.tokenizer, decode_rows=_decode_rows())
         except probe.ProbeSkipped as exc:
             why = str(exc)
         except (MemoryError, RuntimeError) as exc:
@@ -124,22 +140,18 @@ def estimate(cfg: RunConfig, pre: Preflight, dry_run: bool = False) -> TimeEstim
             # One micro-batch did not fit: training would fail the same way, so say it before "Start?".
             raise out_of_memory_error("timing one training step (the run's batch does not fit)") from None
         else:
-            seconds = _seconds(pre.recipe, pre.data, measured.flops_per_second, measured.optimizer_seconds)
-            return TimeEstimate(seconds, f"measured: a probe step here ran {measured.flops_per_second / 1e9:.0f} "
-                                     f"GFLOP/s{_on_policy_note(cfg)}")
-    if torch.cuda.is_available():
-        return TimeEstimate(None, f"not estimated: {why}")
-    rate = CPU_FLOPS_PER_CORE * torch.get_num_threads()
-    return TimeEstimate(_seconds(pre.recipe, pre.data, rate, 0.0), f"{CALIBRATION} ({why}){_busy_note()}")
+            from finetuner import models
+
+            trained = models.parameter_count(pre.recipe.trained, pre.recipe.derived_layers)
+            rates = time_plan.measured_rates(measured, trained, _on_policy_note(cfg))
+            return time_plan.estimate(cfg, pre, rates)
+    return time_plan.estimate(cfg, pre, time_plan.calibrated(why))
 
 
-def _seconds(recipe: Recipe, data, flops_per_second: float, optimizer_seconds: float) -> float:
-    stats = data.stats
-    total_steps = recipe.steps(stats["train_rows"])
-    epochs_run = total_steps / recipe.steps_per_epoch(stats["train_rows"])
-    tokens = sum(len(ids) for ids in data.train["input_ids"]) * epochs_run
-    label_tokens = stats["train_label_tokens"] * epochs_run
-    return recipe.training_flops(tokens, label_tokens) / flops_per_second + total_steps * optimizer_seconds
+def _decode_rows() -> int:
+    from finetuner.benchmark.measure import ANSWER_BATCH
+
+    return ANSWER_BATCH  # the benchmark decodes this many rows at once
 
 
 def _on_policy_note(cfg: RunConfig) -> str:
@@ -148,48 +160,51 @@ def _on_policy_note(cfg: RunConfig) -> str:
     return ""
 
 
-def _busy_note() -> str:
-    """The calibration is for idle cores; other processes competing for them slow training down."""
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        return ""
-    cores = os.cpu_count() or 1
-    if load <= cores * 1.25:
-        return ""
-    return f"; the machine is busy now (load {load:.1f} on {cores} cores), so expect it to take longer"
-
-
 def derived_facts(cfg: RunConfig, pre: Preflight, time: TimeEstimate) -> list[tuple[str, str]]:
     """(label, value) rows for the plan: what the settings add up to."""
     from finetuner import disk
-    from finetuner.summary import duration
 
     if pre.data is None:
-        return [("device", device_name()),
+        return [("device", device_name(cfg)),
                 ("rows", f"questions the teacher writes from {cfg.dataset} ({cfg.questions_per_chunk} per chunk)"),
+                *time_rows(time),
                 ("disk needed", f"about {ui.size(disk.bytes_needed(pre.recipe))}")]
 
     stats = pre.data.stats
     total = pre.recipe.steps(stats["train_rows"])
     effective = cfg.batch_size * cfg.gradient_accumulation
     rows = [
-        ("device", device_name()),
+        ("device", device_name(cfg)),
         ("rows", f"{stats['train_rows']} to train on, {stats['eval_rows']} held out"
                  f" ({pre.data.format.description()})"),
         ("optimizer steps", f"{total}" + ("" if cfg.max_steps else f" ({cfg.epochs} epoch{'s' * (cfg.epochs > 1)})")),
         ("effective batch", f"{effective} rows ({cfg.batch_size} x {cfg.gradient_accumulation} accumulation)"),
+        *time_rows(time),
+        ("disk needed", f"about {ui.size(disk.bytes_needed(pre.recipe))}"),
     ]
-    rows.append(("estimated training time",
-                 f"about {duration(time.seconds)} ({time.how})" if time.seconds is not None else time.how))
-    rows.append(("disk needed", f"about {ui.size(disk.bytes_needed(pre.recipe))}"))
     return rows
 
 
-def plan_warnings(cfg: RunConfig, pre: Preflight) -> list[str]:
+def time_rows(time: TimeEstimate) -> list[tuple[str, str]]:
+    """One row a phase, then the total of those estimated."""
+    from finetuner.summary import duration
+
+    rows = []
+    for phase in time.phases:
+        label = "estimated training time" if phase.name == "training" else f"time: {phase.name}"
+        rows.append((label, f"about {duration(phase.seconds)} ({phase.how})" if phase.seconds is not None
+                     else phase.how))
+    if time.total is not None and len(time.phases) > 1:
+        unknown = [p.name for p in time.phases if p.seconds is None]
+        rows.append(("estimated total", f"about {duration(time.total)} after \"Start?\""
+                                        + (f", plus {', '.join(unknown)}" if unknown else "")))
+    return rows
+
+
+def plan_warnings(cfg: RunConfig, pre: Preflight, time: TimeEstimate | None = None) -> list[str]:
     from finetuner.config import applies
 
-    notes = []
+    notes = list(time.notes) if time else []
     if pre.data is None:
         return notes
     held = pre.data.stats["eval_rows"]

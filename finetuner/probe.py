@@ -1,10 +1,15 @@
 """The plan's time estimate, measured on this machine before "Start?": one training micro-batch of
-the run's own rows through models of the run's shapes, with random weights (no checkpoint is read).
+the run's own rows through models of the run's shapes, with random weights (no checkpoint is read),
+and a few decoding steps of the trained model, as the benchmark and a local teacher decode.
 
 The probe yields a rate, training FLOPs a second counted the way `Recipe.training_flops` counts them,
 so the run's other batches, longer or shorter, scale from it. The optimizer step is timed apart:
 it costs the same every step whatever the tokens. A fixed, calibrated rate missed by 2.5x on a CPU
 other than the one it was calibrated on (README, "The plan"); a measured one follows the CPU.
+
+Each is timed several times and the fastest kept: another process on the machine only ever slows a
+timing down, so the fastest is the one nearest what the run will do once it has the cores; when the
+timings disagree widely the plan says so (`Measured.spread`).
 """
 
 from __future__ import annotations
@@ -19,14 +24,28 @@ from finetuner.recipe import Recipe
 MEMORY_SHARE = 0.5
 WARM_UP_TOKENS = 16  # a first, tiny batch pays one-off setup (threads, allocator) outside the timing
 # The first full-size batch still pays for its shapes (allocations, kernel choice): one timing ran
-# from 76 to 118 GFLOP/s on the same idle machine. The faster of two is what training settles at.
-TIMED_BATCHES = 2
+# from 76 to 118 GFLOP/s on the same idle machine. The fastest of several is what training settles at.
+TIMINGS = (3, 5)  # at least, at most
+TIMING_BUDGET_S = 8.0  # past the least, no new timing starts after this long
+DECODE_TOKENS = 8  # new tokens a row in one decoding timing
 
 
 @dataclass(frozen=True)
 class Measured:
     flops_per_second: float
     optimizer_seconds: float  # one optimizer step
+    spread: float = 1.0  # the slowest training timing over the fastest
+    decode_step_seconds: float | None = None  # one step decoding `decode_rows` rows with the trained model
+    decode_rows: int = 0
+
+
+def fastest(timing, least: int = TIMINGS[0], most: int = TIMINGS[1],
+            budget: float = TIMING_BUDGET_S) -> tuple[float, float]:
+    """(fastest, slowest) of `least` to `most` calls of `timing` (each returns its seconds)."""
+    started, seconds = time.perf_counter(), []
+    while len(seconds) < most and (len(seconds) < least or time.perf_counter() - started < budget):
+        seconds.append(timing())
+    return min(seconds), max(seconds)
 
 
 def why_not(recipe: Recipe) -> str | None:
@@ -44,8 +63,9 @@ def why_not(recipe: Recipe) -> str | None:
     return None
 
 
-def measure(cfg: RunConfig, recipe: Recipe, data, tokenizer) -> Measured:
-    """Time a micro-batch (forward, loss, backward; the faster of two) and one optimizer step; raises ProbeSkipped."""
+def measure(cfg: RunConfig, recipe: Recipe, data, tokenizer, decode_rows: int = 0) -> Measured:
+    """Time a micro-batch (forward, loss, backward; the fastest of several), one optimizer step and,
+    with `decode_rows`, a decoding step of that many held-out-like prompts; raises ProbeSkipped."""
     import torch
 
     student, teacher = _models(cfg, recipe, data)
@@ -60,7 +80,7 @@ def measure(cfg: RunConfig, recipe: Recipe, data, tokenizer) -> Measured:
         step(batch)
         return time.perf_counter() - clock
 
-    seconds = min(timed() for _ in range(TIMED_BATCHES))
+    seconds, slowest = fastest(timed)
 
     tokens = batch["input_ids"].numel()
     label_tokens = int((batch["labels"][:, 1:] != -100).sum())
@@ -68,11 +88,37 @@ def measure(cfg: RunConfig, recipe: Recipe, data, tokenizer) -> Measured:
     trained = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=1e-5)
     optimizer.step()  # the first step allocates the moments
-    clock = time.perf_counter()
-    torch.nn.utils.clip_grad_norm_(trained, 1.0)  # the Trainer clips every step (max_grad_norm 1)
-    optimizer.step()
-    optimizer_seconds = time.perf_counter() - clock
-    return Measured(rate, optimizer_seconds)
+
+    def optimizer_step() -> float:
+        clock = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)  # the Trainer clips every step (max_grad_norm 1)
+        optimizer.step()
+        return time.perf_counter() - clock
+
+    optimizer_seconds, _ = fastest(optimizer_step, budget=0.0)
+    decode = _decode_step_seconds(student, data.train, tokenizer, decode_rows) if decode_rows else None
+    return Measured(rate, optimizer_seconds, slowest / seconds, decode, decode_rows)
+
+
+def _decode_step_seconds(model, train, tokenizer, rows: int) -> float:
+    """One greedy decoding step for `rows` prompts of about the median length (the fastest of several)."""
+    from finetuner import generation
+
+    lengths = sorted(range(len(train)), key=lambda i: len(train[i]["input_ids"]))
+    middle = train[lengths[len(lengths) // 2]]
+    prompt = [t for t, label in zip(middle["input_ids"], middle["labels"]) if label == -100] \
+        or middle["input_ids"][:WARM_UP_TOKENS]
+    pad = generation.pad_id(tokenizer)
+    model.eval()
+
+    def decode(new_tokens: int) -> float:
+        clock = time.perf_counter()
+        generation.generate(model, [prompt] * rows, new_tokens, pad, min_new_tokens=new_tokens)
+        return time.perf_counter() - clock
+
+    decode(2)  # generate's one-off setup
+    seconds, _ = fastest(lambda: decode(DECODE_TOKENS), budget=TIMING_BUDGET_S / 2)
+    return seconds / DECODE_TOKENS
 
 
 class ProbeSkipped(Exception):

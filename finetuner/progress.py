@@ -9,18 +9,29 @@ from transformers import TrainerCallback
 from finetuner import ui
 
 
-def _describe(logs: dict, tokens_per_s: float | None) -> str:
-    parts = [f"epoch {logs['epoch']:.2f}"] if "epoch" in logs else []
-    if "learning_rate" in logs:
-        parts.append(f"lr {logs['learning_rate']:.2e}")
-    parts += [f"loss {logs['loss']:.4f}"] if "loss" in logs else []
+def _describe(logs: dict, tokens_per_s: float | None, width: int | None = None) -> str:
+    """The step's figures, the most telling first kept: `width` (characters) drops the rest, so the
+    progress line stays one line on a narrow terminal."""
+    parts = [f"loss {logs['loss']:.4f}"] if "loss" in logs else []
     parts += [f"{name.upper()} {logs[name]:.4f}" for name in ("ce", "kl") if name in logs]
     parts += [f"hidden {logs['hidden']:.4f}"] if "hidden" in logs else []
     if "gen_len" in logs:  # on-policy: how long the student's own answers are (length collapse shows here)
         parts.append(f"sampled {logs['gen_len']:.0f} tok")
+    parts += [f"epoch {logs['epoch']:.2f}"] if "epoch" in logs else []
+    if "learning_rate" in logs:
+        parts.append(f"lr {logs['learning_rate']:.2e}")
     if tokens_per_s:
         parts.append(f"{tokens_per_s:,.0f} tok/s")
-    return "  ".join(parts)
+    kept: list[str] = []
+    for part in parts:
+        if width is not None and len("  ".join([*kept, part])) > width:
+            break
+        kept.append(part)
+    return "  ".join(kept)
+
+
+# What the bar's columns take before the figures: "training", the bar, 68/68, elapsed and ETA.
+_COLUMNS_WIDTH = 72
 
 
 class ProgressReporter(TrainerCallback):
@@ -44,7 +55,7 @@ class ProgressReporter(TrainerCallback):
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                        TimeRemainingColumn)
 
-            self.progress = Progress(TextColumn("[bold]training"), BarColumn(bar_width=24), MofNCompleteColumn(),
+            self.progress = Progress(TextColumn("[bold]training"), BarColumn(bar_width=20), MofNCompleteColumn(),
                                      TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("ETA"),
                                      TimeRemainingColumn(), TextColumn("{task.description}"),
                                      console=ui.console, transient=False)
@@ -65,10 +76,11 @@ class ProgressReporter(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "loss" not in logs:
             return
-        text = _describe(logs, self.tokens_per_s(state))
         if self.progress is not None:
-            self.progress.update(self.task, description=text)
+            room = max(20, ui.console.width - _COLUMNS_WIDTH)
+            self.progress.update(self.task, description=_describe(logs, self.tokens_per_s(state), room))
             return
+        text = _describe(logs, self.tokens_per_s(state))
         every = self.every or max(1, state.max_steps // 20)
         if state.global_step % every == 0 or state.global_step == state.max_steps:
             done = state.global_step - self.first_step

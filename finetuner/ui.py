@@ -34,9 +34,37 @@ class UserError(Exception):
 
 
 def is_interactive() -> bool:
+    """A person at a terminal: progress bars instead of plain lines, and (unless `--yes`) questions."""
     # One of several processes (torchrun, accelerate launch) never asks: every rank must resolve
     # the same answers, so they come from the answers file and --set alone.
     return sys.stdin.isatty() and sys.stdout.isatty() and os.environ.get("WORLD_SIZE", "1") == "1"
+
+
+_prompts_forbidden = False
+
+
+def forbid_prompts(forbidden: bool = True) -> None:
+    """`--yes`: nothing is asked, ever, even at a terminal (`cmd --yes && next` must not stop)."""
+    global _prompts_forbidden
+    _prompts_forbidden = forbidden
+
+
+def can_ask() -> bool:
+    """Whether a question may be put to the user now: a terminal, and no `--yes`."""
+    return is_interactive() and not _prompts_forbidden
+
+
+def flush_typeahead() -> None:
+    """Drop keys typed while nothing was asking (an Enter pressed during the checks), so they cannot
+    answer the next question, "Start?" above all."""
+    if not sys.stdin.isatty():
+        return
+    try:
+        import termios
+
+        termios.tcflush(sys.stdin.fileno(), termios.TCIFLUSH)
+    except (ImportError, OSError, ValueError):  # no termios (Windows), or a closed stdin
+        pass
 
 
 def step(text: str) -> None:
@@ -75,6 +103,22 @@ def table(title: str, rows: Mapping[str, object] | Iterable[tuple[str, object]])
     console.print(grid)
 
 
+def tracked(items: list, description: str):
+    """`items`, one by one, behind a progress bar on a terminal (a phase that may take more than a
+    few seconds must show it is moving); plain iteration elsewhere."""
+    if not is_interactive():
+        yield from items
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn(escape(description)), BarColumn(bar_width=20), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("", total=len(items))
+        for item in items:
+            yield item
+            bar.advance(task)
+
+
 def escape(text: str) -> str:
     """`text` made safe to put inside rich markup (a user string between [dim] and [/])."""
     from rich.markup import escape as rich_escape
@@ -97,8 +141,16 @@ def size(num_bytes: float) -> str:
 # ---- prompts --------------------------------------------------------------------------------
 # questionary is imported inside each prompt: it is only needed once a question is asked.
 
+def _may_ask(message: str) -> None:
+    """Under `--yes` a question is a bug in the caller: say which, instead of waiting for a key."""
+    if _prompts_forbidden:
+        raise UserError(f"--yes asks nothing, but this question came up: {message}",
+                        hint="answer it in the answers file or with --set KEY=VALUE, or run without --yes")
+
+
 def confirm(message: str, default: bool = False) -> bool:
     """Yes or no."""
+    _may_ask(message)
     import questionary
 
     return bool(questionary.confirm(message, default=default).unsafe_ask())
@@ -107,6 +159,7 @@ def confirm(message: str, default: bool = False) -> bool:
 def choose(message: str, choices: Iterable[tuple[str, Any]], default: Any = None, search: bool = False) -> Any:
     """The value of one of `choices` ((title, value) pairs), the one whose value is `default`
     highlighted first. `search`: typing filters the list (so j and k are letters, not moves)."""
+    _may_ask(message)
     import questionary
 
     options = [questionary.Choice(title, value=value) for title, value in choices]
@@ -117,6 +170,7 @@ def choose(message: str, choices: Iterable[tuple[str, Any]], default: Any = None
 
 def secret(message: str) -> str:
     """Typed text shown as stars, for a token."""
+    _may_ask(message)
     import questionary
 
     return questionary.password(message).unsafe_ask()
@@ -127,6 +181,7 @@ def text(message: str, default: Any = None, paths: bool = False) -> Any:
 
     The default is not prefilled: it shows greyed out and Enter takes it, so typing replaces it
     rather than appending to it. `paths`: Tab completes file names."""
+    _may_ask(message)
     import questionary
     from prompt_toolkit.formatted_text import FormattedText
 

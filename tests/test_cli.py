@@ -153,3 +153,45 @@ def test_dry_run_checks_teacher_and_student_tokenizers(tmp_path, tiny_llama, qa_
                  "--set", "distillation_mode=logits")  # --defaults alone picks responses for differing tokenizers
     assert_user_error(result, "tokenizers differ")
     assert "responses" in result.stderr  # the hint offers the mode that works
+
+
+def test_benchmark_only_benchmarks_a_run_trained_without_a_benchmark_with_its_set_settings(tmp_path):
+    out = tmp_path / "run"
+    write_answers((out.mkdir() or out) / "finetuner-answers.yaml", output_dir=str(out), benchmark=False)
+    # benchmark: false leaves the benchmark settings out; --benchmark-only turns it on, so they count.
+    assert_user_error(cli("--benchmark-only", str(out), "--set", "benchmark_samples=0"),
+                      "benchmark_samples: must be at least 1")
+
+
+def test_upload_only_while_offline_says_the_hub_is_offline_not_to_use_upload_only(tmp_path):
+    out = tmp_path / "run"
+    write_answers((out.mkdir() or out) / "finetuner-answers.yaml", output_dir=str(out), hub_repo="me/model")
+    result = cli("--upload-only", str(out))
+    assert_user_error(result, "HF_HUB_OFFLINE is set")
+    assert "--upload-only" not in result.stderr
+
+
+def test_the_distillation_progress_line_fits_a_110_column_terminal(monkeypatch):
+    import io
+
+    from rich.console import Console
+    from transformers import TrainerState
+
+    from finetuner import progress, ui
+
+    console = Console(width=110, record=True, force_terminal=True, file=io.StringIO())
+    monkeypatch.setattr(ui, "console", console)
+    reporter = progress.ProgressReporter(interactive=True)
+    state = TrainerState(max_steps=680, global_step=0, num_input_tokens_seen=0)
+    reporter.on_train_begin(None, state, None)
+    state.global_step, state.num_input_tokens_seen = 100, 50_000
+    reporter.on_log(None, state, None, logs={"loss": 2.5, "ce": 2.0, "kl": 0.6, "learning_rate": 5e-4, "epoch": 0.25})
+    reporter.on_step_end(None, state, None)
+    reporter.on_train_end(None, state, None)
+    import re
+
+    # Each refresh redraws the line in place; the recording keeps them side by side.
+    drawn = [part.rstrip() for line in console.export_text().splitlines() for part in re.split(r"(?=training ━)", line)
+             if "/680" in part]
+    assert drawn and "KL 0.6000" in drawn[-1], console.export_text()  # the figures on the bar's line, not below
+    assert all(len(part) <= 110 for part in drawn), drawn

@@ -272,3 +272,65 @@ def test_an_api_teacher_is_offered_responses_and_only_the_key_variable_name_is_s
     assert saved["distillation_mode"] == "responses" and saved["teacher"] == "gpt-teacher"
     assert saved["teacher_api_key_env"] == "OPENAI_API_KEY" and saved["generation_token_budget"] == 5000
     assert "temperature" not in saved and "alpha" not in saved
+
+
+# ---- what is never asked, and what cannot answer ---------------------------------------------
+
+def _tiny_fine_tuning(tmp_path, model, data, **settings) -> Path:
+    from finetuner.config import RunConfig
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(RunConfig(
+        approach="fine-tuning", model=str(model), method="lora", output_dir=str(tmp_path / "run"), dataset=str(data),
+        max_samples=16, max_length=64, epochs=1, max_steps=1, batch_size=4, gradient_accumulation=1,
+        benchmark=False, upload=False, merge_adapter=False, **settings).to_answers()))
+    return path
+
+
+@pytest.mark.slow  # the checks and the probe on tiny models (about 20 s on 2 busy cores)
+def test_an_enter_typed_during_the_checks_does_not_answer_start(tmp_path, tiny_gpt2, qa_file):
+    child = spawn("--answers", str(_tiny_fine_tuning(tmp_path, tiny_gpt2, qa_file)))
+    child.expect("Checking tokenizers")
+    child.send(ENTER)  # typed ahead, while nothing asks
+    child.expect("Start\\?")
+    assert child.expect([pexpect.TIMEOUT, "Answers saved to"], timeout=2) == 0, "the typed-ahead Enter started the run"
+    child.send(DOWN + DOWN + ENTER)  # not now
+    output = finish(child)
+    assert "Nothing started" in output and child.exitstatus == 0
+
+
+def test_yes_asks_nothing_on_a_terminal_where_the_answers_leave_gaps(tmp_path):
+    child = spawn("--answers", str(ROOT / "examples" / "distill-quick.yaml"), "--yes", "--dry-run",
+                  "--set", f"output_dir={tmp_path / 'quick'}")  # README's main command, checked only
+    output = finish(child)  # any question would wait here until the timeout
+    assert child.exitstatus == 0 and "Dry run" in output, output
+    assert "Cache the teacher" not in output
+    child = spawn("--yes", "--dry-run")  # nothing answered: reported, not asked
+    output = finish(child)
+    assert child.exitstatus == 1 and "missing" in output and "Step 0" not in output, output
+
+
+@pytest.mark.slow  # trains one step in a terminal (about 20 s on 2 busy cores)
+def test_yes_then_the_next_command_runs_to_the_end_without_a_prompt(tmp_path, tiny_gpt2, qa_file):
+    command = (f"{sys.executable} {ROOT / 'finetune_cli.py'} --answers {_tiny_fine_tuning(tmp_path, tiny_gpt2, qa_file)}"
+               " --yes && echo NEXT-RAN")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PROMPT_TOOLKIT_NO_CPR": "1"}
+    child = pexpect.spawn("bash", ["-c", command], cwd=str(tmp_path), env=env, encoding="utf-8", timeout=120,
+                          dimensions=(40, 110))
+    index = child.expect(["NEXT-RAN", r"\? ", pexpect.EOF])
+    assert index == 0, f"stopped at a prompt or failed: {child.before}"
+    finish(child)
+
+
+@pytest.mark.slow  # reads a tokenizer and the data in a terminal (about 10 s on 2 busy cores)
+def test_a_check_failing_after_the_questions_keeps_the_answers_and_says_how_to_replay(tmp_path, tiny_gpt2):
+    data = tmp_path / "numbers.jsonl"
+    data.write_text("".join(f'{{"a": {i}, "b": {i + 1}}}\n' for i in range(10)))  # no column to train on
+    out = tmp_path / "kept"
+    child = spawn("--set", "approach=fine-tuning", "--set", f"model={tiny_gpt2}", "--set", "method=lora",
+                  "--set", f"output_dir={out}", "--set", f"dataset={data}", "--defaults")
+    output = finish(child)
+    assert child.exitstatus == 1 and "found no column to train on" in output, output
+    saved = out / "finetuner-answers.yaml"
+    assert saved.is_file() and yaml.safe_load(saved.read_text())["dataset"] == str(data)
+    assert f"--answers {saved}" in output.replace("\r\n", "")

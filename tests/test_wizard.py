@@ -170,3 +170,117 @@ def test_plain_text_dataset_skips_the_benchmark_question_and_says_why(tmp_path, 
     assert "benchmark" not in ask.asked and "benchmark" not in answers
     assert not applies("benchmark", RunConfig(dataset=str(text)))
     assert "plain text" in capsys.readouterr().out
+
+
+# ---- checks at the question --------------------------------------------------------------------
+
+def person(replies: dict):
+    """A person who types `replies[key]` in turn (a list each) and presses Enter on the rest."""
+    asked, pending = [], {key: list(values) for key, values in replies.items()}
+
+    def ask(question, default, answers):
+        asked.append(question.key)
+        return pending[question.key].pop(0) if pending.get(question.key) else default
+
+    ask.asked = asked
+    return ask
+
+
+def test_an_offline_hub_dataset_typo_is_refused_at_the_dataset_question(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    ask = person({"dataset": ["128", "gsm8k"]})
+    answers, _ = resolve({"approach": "fine-tuning"}, ask)
+    assert answers["dataset"] == "gsm8k"
+    first = ask.asked.index("dataset")
+    assert ask.asked[first + 1] == "dataset", f"the typo was taken for a Hub id: {ask.asked}"
+    assert "dataset_config" not in ask.asked and "the Hub is offline" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("make,fragment", [
+    ("model", "is a model folder"),
+    ("mixed", "mixes .jsonl, .txt files"),
+])
+def test_a_dataset_folder_that_cant_be_read_as_one_is_refused_before_anything_loads(tmp_path, tiny_llama, make,
+                                                                                     fragment):
+    folder = tiny_llama
+    if make == "mixed":
+        folder = tmp_path / "mixed"
+        folder.mkdir()
+        (folder / "a.jsonl").write_text('{"question": "q", "answer": "a"}\n')
+        (folder / "notes.txt").write_text("some text\n")
+    with pytest.raises(UserError) as caught:
+        resolve({"approach": "fine-tuning", "dataset": str(folder), "output_dir": str(tmp_path / "o")}, None,
+                use_defaults=True)
+    assert fragment in "\n".join(caught.value.details)
+
+
+def test_logits_with_an_api_teacher_is_refused_at_the_mode_question_and_responses_asks_its_questions():
+    ask = person({"teacher_api_base": ["http://127.0.0.1:9/v1"], "teacher": ["remote-model"],
+                  "distillation_mode": ["logits", "responses"]})
+    answers, _ = resolve({"approach": "distillation"}, ask)
+    first = ask.asked.index("distillation_mode")
+    assert ask.asked[first + 1] == "distillation_mode", f"logits was accepted at its question: {ask.asked}"
+    assert answers["distillation_mode"] == "responses"
+    for key in ("generation_max_new_tokens", "generation_temperature", "generation_token_budget"):
+        assert key in ask.asked, f"{key} never asked: {ask.asked}"
+
+
+def test_logits_with_a_student_of_another_tokenizer_is_refused_at_the_question(tmp_path, tiny_llama):
+    from conftest import build_llama, train_tokenizer
+
+    other = build_llama(tmp_path / "other", train_tokenizer(tmp_path / "tok", vocab_size=300), layers=2)
+    with pytest.raises(UserError) as caught:
+        resolve({"approach": "distillation", "teacher": str(tiny_llama), "student": str(other),
+                 "student_layers": None, "distillation_mode": "hybrid", "output_dir": str(tmp_path / "o")}, None,
+                use_defaults=True)
+    details = "\n".join(caught.value.details)
+    assert "distillation_mode: hybrid" in details and "tokenizers differ" in details and "responses" in details
+
+
+# ---- --set and the wording of the questions ------------------------------------------------------
+
+def test_lr_is_taken_for_learning_rate_and_one_problem_needs_fixing():
+    with pytest.raises(UserError) as caught:
+        resolve({"lr": 1e-4}, None, use_defaults=True)
+    assert "did you mean 'learning_rate'" in "\n".join(caught.value.details)
+    assert caught.value.message == "1 setting needs fixing"
+
+
+def test_a_set_that_does_not_apply_says_so(capsys):
+    resolve({"approach": "fine-tuning", "alpha": "0.3", "output_dir": "o"}, None, use_defaults=True,
+            from_set=frozenset({"alpha"}))
+    assert "--set alpha: does not apply to this run" in capsys.readouterr().out
+
+
+def test_a_bad_set_value_is_asked_again_offering_the_files_value(tmp_path, monkeypatch, capsys):
+    from finetuner import ui
+    from finetuner.wizard import gather
+
+    path = save_answers(tmp_path / "a.yaml", RunConfig(approach="fine-tuning", epochs=2,
+                                                       output_dir=str(tmp_path / "o")).to_answers())
+    offered = {}
+
+    def ask(question, default, answers):
+        offered[question.key] = default
+        return default
+
+    monkeypatch.setattr(ui, "can_ask", lambda: True)
+    monkeypatch.setattr(gather, "ask", ask)
+    cfg, _ = gather.gather(gather.AnswerOptions(answers_file=str(path), overrides=("epochs=three",)))
+    assert offered == {"epochs": 2} and cfg.epochs == 2
+    assert "epochs = 'three' from --set" in capsys.readouterr().out
+
+
+def test_an_optional_answer_offered_again_says_how_to_clear_it(monkeypatch):
+    from finetuner import ui
+    from finetuner.wizard.prompts import ask
+    from finetuner.wizard.questions import QUESTIONS
+
+    shown = []
+    monkeypatch.setattr(ui, "text", lambda message, default=None, paths=False: shown.append(message) or "none")
+    question = next(q for q in QUESTIONS if q.key == "teacher_api_base")
+    assert ask(question, "http://127.0.0.1:8000/v1", {}) == "none"
+    assert "none clears it" in shown[0] and "Enter: a local teacher" not in shown[0]
+    ask(question, None, {})
+    assert "(Enter: a local teacher)" in shown[1]

@@ -46,6 +46,11 @@ def _builtin_cache_dir(name: str) -> Path:
     return cache_root() / "models" / f"{name}-{stamp}"
 
 
+def builtin_converted(name: str) -> bool:
+    """Whether the built-in `name` is converted already (its first use converts it, ~20 s)."""
+    return (_builtin_cache_dir(name) / "config.json").is_file()
+
+
 def resolve_model_path(name: str) -> str:
     """What to hand to from_pretrained: a directory (built-in, local) or a Hub id."""
     kind = sources.model_kind(name)

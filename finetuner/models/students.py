@@ -79,9 +79,12 @@ def choose_student_layers(model, keep: int, batch: dict) -> tuple[list[int], flo
     30 layers, GSM8K (benchmarks/quality_study.py): perplexity before training 473,660 (every
     other) vs 319 (best block); after 20 distillation steps, 64.8 vs 13.0.
     """
+    from finetuner import ui
+
     _, layers = layer_stack(model)
     best, best_loss = None, math.inf
-    for kept in block_drop_candidates(len(layers), keep):
+    candidates = block_drop_candidates(len(layers), keep)
+    for kept in ui.tracked(candidates, f"trying {len(candidates)} ways to keep {keep} layers"):
         candidate = derive_student(model, keep, kept)
         candidate.eval()
         with torch.inference_mode():

@@ -136,7 +136,7 @@ def check_directory(directory: Path, current: dict) -> dict | None:
     if not problems:
         return manifest
     message = f"the teacher cache in {directory} was built for another run: {'; '.join(problems)}"
-    if ui.is_interactive():
+    if ui.can_ask():
         ui.warning(message)
         if ui.confirm(f"Delete the cache files in {directory} and rebuild them?", default=False):
             remove(directory)

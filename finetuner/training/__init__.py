@@ -68,7 +68,7 @@ def build(cfg: RunConfig, recipe: Recipe, prepared=None, written=None, kept_laye
     saving = loop.Saving(out, adapter=recipe.adapter is not None, merges=recipe.merges,
                          quantized_base=recipe.trained if recipe.quantization else None,
                          report_to=cfg.report_to, answers=cfg.to_answers(),
-                         training_only=(hidden_states.TRAINING_ONLY,))
+                         training_only=(hidden_states.TRAINING_ONLY,), chat_format=data.format.kind == "chat")
     return trainer, tokenizer, checkpoint, saving
 
 

@@ -36,6 +36,7 @@ class Saving:
     report_to: str
     answers: dict  # the run's answers, written into the training log
     training_only: tuple[str, ...] = ()  # submodules removed before the final save
+    chat_format: bool = False  # the rows were conversations: the saved prompt format says so
 
 
 def checkpoint_to_resume(out: Path, resume: bool, teacher_writes: bool) -> str | None:
@@ -117,6 +118,7 @@ def run(trainer: Trainer, tokenizer, checkpoint: str | None, saving: Saving) -> 
         return TrainResult(None, True, None, seconds, trainer.state.global_step)
 
     if sharded:  # merging an adapter needs whole weights on one process: the saved files are the result
+        save_prompt_format(tokenizer, saving.chat_format)
         tokenizer.save_pretrained(saved_dir)
         model_dir = saved_dir
     else:
@@ -128,7 +130,7 @@ def run(trainer: Trainer, tokenizer, checkpoint: str | None, saving: Saving) -> 
 def save(model, tokenizer, saving: Saving) -> Path:
     from finetuner.logits import unwrapped
 
-    save_prompt_format(tokenizer)  # a model without a chat template keeps the format it learned
+    save_prompt_format(tokenizer, saving.chat_format)  # a model without a chat template keeps the format it learned
     inner = unwrapped(model)
     for name in saving.training_only:
         if hasattr(inner, name):

@@ -3,9 +3,11 @@ the plan (start, change a setting, or quit)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from finetuner import ui
+from finetuner.config import coerce
 from finetuner.wizard.questions import QUESTIONS, Answers, Question
 
 PATH_KEYS = ("model", "teacher", "student", "output_dir", "dataset")  # Tab completes file names
@@ -19,6 +21,9 @@ def ask(question: Question, default: Any, answers: Answers) -> Any:
     if help_text:
         ui.console.print(f"  [dim]{ui.escape(help_text)}[/]")
     message = question.text(answers)
+    if question.kind == "text" and default is not None and "(Enter" in message and _clearable(question.key):
+        # "(Enter for none)" is false once a value is offered: Enter keeps it, and `none` clears it.
+        message = re.sub(r"\s*\(Enter[^)]*\)", "", message) + " (Enter keeps it; none clears it)"
     if question.kind == "select":
         return ui.choose(message, question.choices, default=default)
     if question.kind == "confirm":
@@ -26,6 +31,14 @@ def ask(question: Question, default: Any, answers: Answers) -> Any:
     if question.kind == "secret":
         return ui.secret(message)
     return ui.text(message, default, paths=question.key in PATH_KEYS)
+
+
+def _clearable(key: str) -> bool:
+    """Whether the setting may be empty (None), which typing `none` gives."""
+    try:
+        return coerce(key, "none") is None
+    except ValueError:
+        return False
 
 
 def choose_setting(answers: Answers) -> str:
@@ -37,6 +50,7 @@ def choose_setting(answers: Answers) -> str:
 
 def confirm_start() -> str:
     """'start', 'edit' (change one setting, then see the plan again) or 'quit'."""
+    ui.flush_typeahead()  # an Enter pressed during the checks must not start the run unseen
     return ui.choose("Start?", [("Yes, start", "start"),
                                 ("Change a setting first", "edit"),
                                 ("No, not now (the answers are saved for next time)", "quit")])

@@ -13,6 +13,7 @@ from finetuner import ui
 from finetuner.config import FIELD_NAMES, applies, coerce, default_for
 from finetuner.config_checks import check_field, cross_check
 from finetuner.sources import check_model, hub_offline
+from finetuner.wizard.checks import problem_at_question
 from finetuner.wizard.questions import HUB_TOKEN, QUESTIONS, Answers, Question
 
 Check = Callable[[Any], "str | None"]
@@ -44,6 +45,8 @@ def accept(question: Question, raw: Any, answers: Answers, checks: dict[str, Che
     if problem is None and question.key == "upload" and value and hub_offline():
         problem = ("HF_HUB_OFFLINE is set, so the upload would fail after training; answer no and upload "
                    "later with --upload-only OUTPUT_DIR, or unset HF_HUB_OFFLINE")
+    if problem is None:
+        problem = problem_at_question(question.key, value, answers)
     if problem is None and question.key in _COMPLETES_A_RULE:  # a rule spanning fields, checked at once
         prefix = f"{question.key}:"
         problem = next((p[len(prefix):].strip() for p in cross_check({**answers, question.key: value})
@@ -53,8 +56,14 @@ def accept(question: Question, raw: Any, answers: Answers, checks: dict[str, Che
     return value, problem
 
 
+# Short names people type for a setting, which difflib finds too far from the full name.
+_ALIASES = {"lr": "learning_rate", "bs": "batch_size", "grad_accum": "gradient_accumulation",
+            "steps": "max_steps", "samples": "max_samples", "model_name": "model", "data": "dataset",
+            "out": "output_dir", "output": "output_dir", "r": "lora_r", "rank": "lora_r"}
+
+
 def _did_you_mean(key: str) -> str:
-    close = difflib.get_close_matches(key, FIELD_NAMES, n=1)
+    close = [_ALIASES[key.lower()]] if key.lower() in _ALIASES else difflib.get_close_matches(key, FIELD_NAMES, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
@@ -62,10 +71,11 @@ def _did_you_mean(key: str) -> str:
 
 def resolve(given: Answers, ask: Ask | None, use_defaults: bool = False,
             checks: dict[str, Check] | None = None, token_found: Callable[[], bool] = lambda: True,
-            previous: Answers | None = None) -> tuple[Answers, Answers]:
+            previous: Answers | None = None, from_set: frozenset[str] = frozenset()) -> tuple[Answers, Answers]:
     """Resolve every setting. Returns (answers, secrets).
 
-    `previous` (a former run's answers) replaces the defaults offered at the prompts.
+    `previous` (a former run's answers, or the answers file's value of a key `--set` overrides)
+    replaces the defaults offered at the prompts. `from_set`: the keys `--set` gave, named as such.
 
     `ask` is None when there is no terminal: then every missing or invalid key is
     collected and reported at once in a single UserError.
@@ -74,22 +84,16 @@ def resolve(given: Answers, ask: Ask | None, use_defaults: bool = False,
     problems = [f"{k}: unknown setting{_did_you_mean(k)}" for k in given
                 if k not in FIELD_NAMES and k != HUB_TOKEN.key]
     if problems and ask is not None:  # before any question: answering them would be thrown away
-        raise ui.UserError(f"the answers name {len(problems)} unknown setting{'s' if len(problems) > 1 else ''}",
+        raise ui.UserError(f"the answers name {_count(problems, 'unknown setting')}",
                            hint="fix the key in the answers file or --set, then run again", details=problems)
-    answers: Answers = {}
-    for question in QUESTIONS:
-        if not question.applies(answers):
-            if ask is not None and question.skip_note and applies(question.key, {}):
-                ui.info(question.skip_note)
-            continue
-        value = _resolve_one(question, given, answers, ask, use_defaults, checks, problems, previous or {})
-        answers[question.key] = value
+    pass_ = _Pass(ask, use_defaults, checks, problems, previous or {}, from_set)
+    answers = pass_.run(given, notes=True)
 
     if ask is None:
         flagged = {p.split(":", 1)[0] for p in problems}
         problems += [p for p in cross_check(answers) if p.split(":", 1)[0] not in flagged]
     else:
-        answers = _reask_cross_problems(answers, ask, checks)
+        answers = _reask_cross_problems(answers, pass_)
 
     secrets: Answers = {}
     if answers.get("upload") and not token_found():
@@ -101,15 +105,46 @@ def resolve(given: Answers, ask: Ask | None, use_defaults: bool = False,
             problems.append("upload: no Hugging Face token found; set HF_TOKEN or run `hf auth login`")
 
     if problems:
-        raise ui.UserError(f"{len(problems)} setting{'s' if len(problems) > 1 else ''} need fixing",
+        raise ui.UserError(f"{_count(problems, 'setting')} {'needs' if len(problems) == 1 else 'need'} fixing",
                            hint="fix them in the answers file or with --set KEY=VALUE "
                                 "(--defaults takes the default for anything missing)",
                            details=problems)
+    for key in sorted(k for k in from_set if k in FIELD_NAMES and k not in answers):
+        ui.warning(f"--set {key}: does not apply to this run ({_why_not(key, answers)}), so it is ignored")
     return answers, secrets
 
 
-def _resolve_one(question: Question, given: Answers, answers: Answers, ask: Ask | None,
-                 use_defaults: bool, checks: dict[str, Check], problems: list[str], previous: Answers) -> Any:
+def _count(items: list, noun: str) -> str:
+    return f"{len(items)} {noun}{'s' if len(items) != 1 else ''}"
+
+
+def _why_not(key: str, answers: Answers) -> str:
+    if answers.get("approach") == "fine-tuning" and applies(key, {**answers, "approach": "distillation"}):
+        return "it is a distillation setting, and this run fine-tunes"
+    return "the other answers leave it out"
+
+
+class _Pass:
+    """One pass over the questions, in order: what each question that applies resolves to."""
+
+    def __init__(self, ask: Ask | None, use_defaults: bool, checks: dict[str, Check], problems: list[str],
+                 previous: Answers, from_set: frozenset[str]):
+        self.ask, self.use_defaults, self.checks = ask, use_defaults, checks
+        self.problems, self.previous, self.from_set = problems, previous, from_set
+
+    def run(self, given: Answers, notes: bool = False) -> Answers:
+        answers: Answers = {}
+        for question in QUESTIONS:
+            if not question.applies(answers):
+                if notes and self.ask is not None and question.skip_note and applies(question.key, {}):
+                    ui.info(question.skip_note)
+                continue
+            answers[question.key] = _resolve_one(question, given, answers, self)
+        return answers
+
+
+def _resolve_one(question: Question, given: Answers, answers: Answers, pass_: _Pass) -> Any:
+    ask, checks, problems, previous = pass_.ask, pass_.checks, pass_.problems, pass_.previous
     default = question.default_value(answers)
     if question.key in given:
         value, problem = accept(question, given[question.key], answers, checks)
@@ -118,8 +153,9 @@ def _resolve_one(question: Question, given: Answers, answers: Answers, ask: Ask 
         if ask is None or not question.ask:
             problems.append(f"{question.key}: {problem}")
             return default  # keep going so every other problem is reported too
-        ui.warning(f"{question.key} = {given[question.key]!r} from the answers: {problem}")
-    elif not question.ask or use_defaults:
+        origin = "--set" if question.key in pass_.from_set else "the answers"
+        ui.warning(f"{question.key} = {given[question.key]!r} from {origin}: {problem}")
+    elif not question.ask or pass_.use_defaults:
         value, problem = accept(question, default, answers, checks) if default is not None else (None, None)
         if problem is None:
             return default
@@ -147,7 +183,10 @@ def _prompt_until_valid(question: Question, answers: Answers, ask: Ask, checks: 
         ui.warning(f"{question.key}: {problem}")
 
 
-def _reask_cross_problems(answers: Answers, ask: Ask, checks: dict[str, Check]) -> Answers:
+def _reask_cross_problems(answers: Answers, pass_: _Pass) -> Answers:
+    """A rule that spans settings, broken once all are answered: its setting is asked again, then
+    every question the new answer opens (an API teacher's mode changed to responses opens the
+    generation questions), while the answers given so far stand."""
     for _ in range(5):
         problems = cross_check(answers)
         if not problems:
@@ -155,5 +194,6 @@ def _reask_cross_problems(answers: Answers, ask: Ask, checks: dict[str, Check]) 
         key, message = problems[0].split(":", 1)
         ui.warning(f"{key}:{message}")
         question = next(q for q in QUESTIONS if q.key == key)
-        answers[key] = _prompt_until_valid(question, answers, ask, checks)
+        changed = {**answers, key: _prompt_until_valid(question, answers, pass_.ask, pass_.checks)}
+        answers = pass_.run(changed)
     return answers

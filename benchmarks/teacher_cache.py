@@ -14,6 +14,15 @@ finetuner.data.preparing.prepare. Each contender runs in its own process (this s
   for k in K_VALUES, how far the cached loss is from the full-logit loss on the untrained student
   (gradient L1 gap per token, its bound, KL ratio) and what the uniform-tail alternative would be off.
 Wall times are of trainer.train() (and of the build), not of loading the student.
+
+    python benchmarks/teacher_cache.py --quality-only --samples 24   # a few minutes on 2 cores
+
+reports only the quality of the cached objective against the full-logit one (no timings), for the
+old default (top-64, the tail as one bucket) and the new one (top-32 plus TAIL_SAMPLES ids drawn from
+the tempered tail), at T 1 and T 2, on the untrained derived student and the training rows: the
+teacher mass the top k keep (tempered), the cached KL over the full KL, and the cosine between the
+cached and full gradients at the student's last hidden states (of the distillation term alone, and
+of the whole loss at the default alpha), with the bytes a counted token on disk.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--teacher", default=None, help="another teacher (a smoke test on a tiny model)")
     p.add_argument("--student-layers", type=int, default=15)
     p.add_argument("--output", type=Path, help="results JSON (default benchmarks/results/teacher_cache-DATE.json)")
+    p.add_argument("--quality-only", action="store_true", help="only the cached objective's quality (no timings)")
     p.add_argument("--contender", help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -164,7 +174,7 @@ def run_study(args, out: str) -> dict:
               "build_throughput_share": round(forward_s / min(build_s), 3)}
 
     # The loss gap against k, on the student training starts from.
-    student = students.build(Recipe.of(cfg), rows, collate, Path(out))
+    student, _ = students.build(Recipe.of(cfg), rows, collate, Path(out))
     student.eval()
     batch = collate([rows[i] for i in range(STUDY_ROWS)])
     with torch.inference_mode():
@@ -203,6 +213,77 @@ def run_study(args, out: str) -> dict:
         })
     result.update(study_tokens=count, temperature=temperature, alpha=alpha, by_k=by_k)
     return result
+
+
+SCHEMES = {"old default: top-64, tail bucket": (64, 0), "new default: top-32 + tail samples": (32, None)}
+
+
+def run_quality(args, out: str) -> dict:
+    """Kept mass, KL ratio and gradient cosines of the cached loss against the full-logit loss."""
+    import torch
+
+    from finetuner import logits, models
+    from finetuner.data.preparing import make_collator, prepare
+    from finetuner.losses import kd_loss_from_hidden, select_targets
+    from finetuner.objectives.topk import teacher_topk, topk_kd_loss_from_hidden
+    from finetuner.recipe import Recipe
+    from finetuner.teachers import topk_cache
+    from finetuner.teachers.topk_quality import kept_mass
+    from finetuner.training import student as students
+
+    torch.set_num_threads(args.threads)
+    cfg = config(args, out)
+    tokenizer = models.load_tokenizer(cfg.teacher)
+    rows = prepare(cfg, tokenizer).train
+    teacher = models.load_teacher(cfg.teacher, models.precision_policy())
+    collate = make_collator(tokenizer)
+    student, _ = students.build(Recipe.of(cfg), rows, collate, Path(out))
+    student.eval()
+    vocab = models.check_tokenizers_match(tokenizer, tokenizer)
+    t_head, s_head = logits.head_of(teacher), logits.head_of(student)
+    batches = []
+    with torch.inference_mode():
+        for start in range(0, len(rows), cfg.batch_size):
+            batch = collate([rows[i] for i in range(start, min(start + cfg.batch_size, len(rows)))])
+            decoder_in = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+            t_hidden = teacher.get_decoder()(**decoder_in).last_hidden_state
+            s_hidden = student.get_decoder()(**decoder_in).last_hidden_state
+            mask, _ = select_targets(batch["labels"])
+            batches.append((s_hidden, t_hidden, batch["labels"], t_head(t_hidden[:, :-1][mask])[:, :vocab].float()))
+    results = []
+    for temperature in (1.0, 2.0):
+        for name, (k, samples) in SCHEMES.items():
+            samples = topk_cache.TAIL_SAMPLES if samples is None else samples
+            full_kl = cached_kl = kept = count = 0.0
+            grads = {alpha: ([], []) for alpha in (0.0, cfg.alpha)}
+            for number, (s_hidden, t_hidden, labels, t_logits) in enumerate(batches):
+                uniforms = torch.rand(len(t_logits), samples, generator=torch.Generator().manual_seed(number))
+                entries = teacher_topk(t_logits, k, temperature, uniforms if samples else None)
+                n = len(t_logits)
+                kept, count = kept + kept_mass(entries, temperature) * n, count + n
+                for alpha, (full_grads, cached_grads) in grads.items():
+                    h1, h2 = s_hidden.clone().requires_grad_(), s_hidden.clone().requires_grad_()
+                    full = kd_loss_from_hidden(h1, t_hidden, s_head, t_head, labels, temperature, alpha,
+                                               num_items_in_batch=1, vocab_size=vocab)
+                    cached = topk_kd_loss_from_hidden(h2, s_head, labels, entries, vocab, temperature, alpha,
+                                                      num_items_in_batch=1)
+                    full_grads.append(torch.autograd.grad(full.loss, h1)[0].flatten().double())
+                    cached_grads.append(torch.autograd.grad(cached.loss, h2)[0].flatten().double())
+                    if alpha == 0.0:
+                        full_kl, cached_kl = full_kl + float(full.kl), cached_kl + float(cached.kl)
+
+            def cosine(pair):
+                return round(float(torch.nn.functional.cosine_similarity(torch.cat(pair[0]), torch.cat(pair[1]), 0)), 5)
+
+            results.append({"temperature": temperature, "scheme": name, "k": k, "tail_samples": samples,
+                            "bytes_per_token": topk_cache.bytes_per_token(k, vocab) if samples else
+                            k * (topk_cache.LOGPROB_BYTES + 4) + 4,
+                            "kept_mass": round(kept / count, 4), "kl_cached_over_full": round(cached_kl / full_kl, 4),
+                            "grad_cosine_distillation_term": cosine(grads[0.0]),
+                            f"grad_cosine_whole_loss_alpha_{cfg.alpha:g}": cosine(grads[cfg.alpha]),
+                            "counted_tokens": int(count)})
+            print(json.dumps(results[-1]), flush=True)
+    return {"rows": len(rows), "quality": results}
 
 
 def run_child(what: str, args) -> dict:
@@ -250,6 +331,17 @@ def main(argv=None) -> None:
         args.result.write_text(json.dumps(run_contender(args.contender, args)))
         return
     started = time.perf_counter()
+    if args.quality_only:
+        date = datetime.date.today().isoformat()
+        output = args.output or ROOT / "benchmarks" / "results" / f"teacher_cache-quality-{date}.json"
+        with tempfile.TemporaryDirectory(prefix="teacher-cache-quality-") as out:
+            doc = {"date": date, "machine": f"{os.cpu_count()} CPU cores, no GPU",
+                   "command": "python benchmarks/teacher_cache.py " + " ".join(sys.argv[1:]),
+                   **run_quality(args, out), "total_seconds": None}
+        doc["total_seconds"] = round(time.perf_counter() - started, 1)
+        output.write_text(json.dumps(doc, indent=1))
+        print(f"wrote {output}")
+        return
     # The built-in's one-time conversion, kept out of every contender's time.
     from finetuner import models
     from finetuner.config import BUILTIN_MODEL

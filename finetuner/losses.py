@@ -118,14 +118,14 @@ class SavedGradientChunk(torch.autograd.Function):
     only scales that by the incoming gradient. Shared by this module's and the top-k cache's loss."""
 
     @staticmethod
-    def save_gradient(ctx, grad: Tensor, logits_dtype: torch.dtype) -> None:
+    def save_gradient(ctx, grad: Tensor, logits_dtype: torch.dtype, inputs: int = 7) -> None:
         ctx.save_for_backward(grad)
-        ctx.logits_dtype = logits_dtype
+        ctx.logits_dtype, ctx.inputs = logits_dtype, inputs  # forward's inputs: one gradient or None each
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor, _grad_ce: Tensor, _grad_kl: Tensor):
         (grad,) = ctx.saved_tensors
-        return (grad * grad_loss).to(ctx.logits_dtype), None, None, None, None, None, None
+        return ((grad * grad_loss).to(ctx.logits_dtype),) + (None,) * (ctx.inputs - 1)
 
 
 def ce_gradient(logprobs: Tensor, targets: Tensor, alpha: float) -> Tensor:

@@ -208,6 +208,10 @@ def plan_warnings(cfg: RunConfig, pre: Preflight, time: TimeEstimate | None = No
     if pre.data is None:
         return notes
     held = pre.data.stats["eval_rows"]
+    from finetuner.teachers.topk_quality import kept_mass_warning
+
+    if note := kept_mass_warning(cfg):
+        notes.append(note)
     if cfg.benchmark and applies("benchmark", cfg):
         if pre.data.format.kind == "text":
             notes.append("the benchmark will be skipped: plain text has no prompts and answers to score")

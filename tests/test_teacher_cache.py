@@ -90,6 +90,17 @@ def test_cache_holds_the_teachers_top_k_per_training_row(built):
         assert torch.equal(got.ids.long(), expected.ids)
         torch.testing.assert_close(got.logprobs.float(), expected.logprobs, atol=2e-2, rtol=1e-3)
         torch.testing.assert_close(got.tail, expected.tail, atol=1e-4, rtol=1e-4)
+        # The tail draws: ids outside the top k, as many as documented, and the tail's negentropy.
+        assert got.samples.shape == (len(expected.ids), topk_cache.TAIL_SAMPLES)
+        assert not (got.samples[:, :, None] == expected.ids[:, None, :]).any()
+        tempered = torch.log_softmax(logits.float() / cfg.temperature, -1)
+        tail_p = tempered.exp().scatter(1, expected.ids, 0.0)
+        torch.testing.assert_close(got.tail_negentropy, (tail_p * tempered).sum(-1), atol=1e-4, rtol=1e-3)
+    # The kept teacher mass, measured on the first shard's rows, in the manifest and the plan.
+    assert 0 < manifest["kept_mass"]["share"] < 1 and manifest["kept_mass"]["rows"] >= 1
+    from finetuner.teachers.topk_quality import kept_mass_row
+
+    assert "of the tempered teacher" in kept_mass_row(manifest)[1]
 
 
 @pytest.mark.slow

@@ -93,3 +93,42 @@ def test_fast_path_all_masked_is_zero_and_wrong_row_count_raises():
     assert torch.equal(hidden.grad, torch.zeros_like(hidden))
     with pytest.raises(ValueError, match="cached teacher rows"):
         topk_kd_loss_from_hidden(hidden, head, torch.randint(0, 7, (2, 5)), empty)
+
+
+def test_tail_samples_make_the_cached_kl_and_gradient_unbiased():
+    """With ids drawn from the tempered tail, the cached KL and gradient tend to the full-logit ones
+    (many draws here); the tail as one bucket stays far below at T 2."""
+    student, teacher, labels = batch(vocab=60, seed=3)
+    teacher = teacher / 3  # a flat teacher: at T 2 most of its mass is outside the top 4
+    mask, _ = select_targets(labels)
+    rows = teacher[:, :-1][mask]
+    uniforms = torch.rand(len(rows), 20000, generator=torch.Generator().manual_seed(0))
+    sampled, bucket = teacher_topk(rows, 4, 2.0, uniforms), teacher_topk(rows, 4, 2.0)
+    assert not (sampled.samples[:, :, None] == sampled.ids[:, None, :]).any()  # draws are tail ids only
+    grads = []
+    for entries in (None, sampled, bucket):
+        s = student.clone().requires_grad_()
+        out = (kd_loss(s, teacher, labels, temperature=2.0, alpha=0.2) if entries is None
+               else topk_kd_loss(s, entries, labels, temperature=2.0, alpha=0.2))
+        out.loss.backward()
+        grads.append((out.kl.item(), s.grad[:, :-1][mask]))
+    (full_kl, full_grad), (sampled_kl, sampled_grad), (bucket_kl, bucket_grad) = grads
+    assert sampled_kl == pytest.approx(full_kl, rel=0.01)
+    assert bucket_kl < 0.9 * full_kl
+    cosine = torch.nn.functional.cosine_similarity
+    assert cosine(sampled_grad.flatten(), full_grad.flatten(), 0) > 0.999
+    assert cosine(bucket_grad.flatten(), full_grad.flatten(), 0) < cosine(sampled_grad.flatten(), full_grad.flatten(), 0)
+
+
+def test_tail_samples_at_k_equal_to_vocabulary_are_kd_loss():
+    student, teacher, labels = batch()
+    mask, _ = select_targets(labels)
+    entries = teacher_topk(teacher[:, :-1][mask], 40, 2.0, torch.rand(int(mask.sum()), 16))
+    s1, s2 = student.clone().requires_grad_(), student.clone().requires_grad_()
+    full = kd_loss(s1, teacher, labels, temperature=2.0, alpha=0.3)
+    cached = topk_kd_loss(s2, entries, labels, temperature=2.0, alpha=0.3)
+    for a, b in zip(full, cached):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    full.loss.backward()
+    cached.loss.backward()
+    torch.testing.assert_close(s1.grad, s2.grad, atol=1e-7, rtol=1e-5)

@@ -42,14 +42,27 @@ class TopKEntries(NamedTuple):
     logprobs: Tensor  # [N, k] top-k log-probabilities at T = 1
     ids: Tensor  # [N, k] their token ids
     tail: Tensor  # [N] log sum over the other ids of p^(1/T), at the cache's temperature
+    samples: Tensor | None = None  # [N, m] ids drawn from the tempered tail (with replacement), or None
+    tail_negentropy: Tensor | None = None  # [N] sum over the tail of P_j log P_j (tempered), with samples
 
 
-def teacher_topk(teacher_logits: Tensor, k: int, temperature: float) -> TopKEntries:
-    """What the cache stores for rows of teacher logits [N, V] (fp32 results)."""
+def teacher_topk(teacher_logits: Tensor, k: int, temperature: float, uniforms: Tensor | None = None) -> TopKEntries:
+    """What the cache stores for rows of teacher logits [N, V] (fp32 results); with `uniforms`
+    ([N, m] in [0, 1)), also m ids drawn from the tempered teacher's tail (the ids outside the top k;
+    inverse CDF, so each row's draws depend on its own uniforms only), and the tail's share of the
+    tempered teacher's negative entropy (for the KL's value)."""
     logprobs = F.log_softmax(teacher_logits.float(), dim=-1)
     top, ids = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1, sorted=True)
-    tail = (logprobs / temperature).scatter_(1, ids, -math.inf).logsumexp(-1)
-    return TopKEntries(top, ids, tail)
+    tail = (logprobs / temperature).scatter(1, ids, -math.inf).logsumexp(-1)
+    if uniforms is None:
+        return TopKEntries(top, ids, tail)
+    tempered = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    weights = tempered.exp().scatter_(1, ids, 0.0)
+    negentropy = torch.where(weights > 0, weights * tempered, 0.0).sum(-1)
+    weights[weights.sum(-1) <= 0] = 1.0  # no tail (k = V): any ids, weighed by a tail mass of 0
+    cumulative = weights.cumsum_(-1)
+    drawn = torch.searchsorted(cumulative, uniforms.to(cumulative) * cumulative[:, -1:], right=True)
+    return TopKEntries(top, ids, tail, drawn.clamp_(max=weights.shape[-1] - 1), negentropy)
 
 
 def teacher_buckets(entries: TopKEntries, temperature: float) -> Tensor:
@@ -71,7 +84,8 @@ def topk_kd_loss(student_logits: Tensor, entries: TopKEntries, labels: Tensor, v
     mask, targets = select_targets(labels)
     student = shared_vocab(student_logits[:, :-1][mask], None, vocab_size)
     sums = _ChunkTopKD.apply(student, teacher_buckets(entries, temperature), entries.ids.long(), targets,
-                             temperature, alpha, torch.is_grad_enabled() and student.requires_grad)
+                             temperature, alpha, torch.is_grad_enabled() and student.requires_grad,
+                             *_tail_samples(entries, slice(None)))
     return averaged(*sums, len(targets), num_items_in_batch)
 
 
@@ -92,9 +106,16 @@ def topk_kd_loss_from_hidden(student_hidden: Tensor, student_head: nn.Module, la
         rows = slice(start, start + chunk_size)
         student_logits = shared_vocab(student_head(rows_hidden[rows]), None, vocab_size)
         chunk = _ChunkTopKD.apply(student_logits, buckets[rows], ids[rows], targets[rows], temperature, alpha,
-                                  torch.is_grad_enabled() and student_logits.requires_grad)
+                                  torch.is_grad_enabled() and student_logits.requires_grad,
+                                  *_tail_samples(entries, rows))
         loss, ce, kl = loss + chunk[0], ce + chunk[1], kl + chunk[2]
     return averaged(loss, ce, kl, len(targets), num_items_in_batch)
+
+
+def _tail_samples(entries: TopKEntries, rows: slice) -> tuple:
+    if entries.samples is None:
+        return None, None
+    return entries.samples[rows].long(), entries.tail_negentropy[rows].float()
 
 
 class _ChunkTopKD(SavedGradientChunk):
@@ -104,26 +125,35 @@ class _ChunkTopKD(SavedGradientChunk):
 
     @staticmethod
     def forward(ctx, student_logits: Tensor, teacher_logp: Tensor, ids: Tensor, targets: Tensor,
-                temperature: float, alpha: float, with_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
+                temperature: float, alpha: float, with_grad: bool, samples: Tensor | None = None,
+                tail_negentropy: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         logits = student_logits.float()
         logprobs = F.log_softmax(logits, dim=-1)
         ce = -logprobs.gather(1, targets[:, None]).sum()
         logprobs_t = F.log_softmax(logits / temperature, dim=-1)
         student_top = logprobs_t.gather(1, ids)
-        student_tail = logprobs_t.scatter(1, ids, -math.inf).logsumexp(-1, keepdim=True)
-        student_logp = torch.cat([student_top, student_tail], dim=-1)
         teacher_p = teacher_logp.exp()
-        kl = torch.where(teacher_p > 0, teacher_p * (teacher_logp - student_logp), 0.0).sum()
+        top_kl = torch.where(teacher_p[:, :-1] > 0, teacher_p[:, :-1] * (teacher_logp[:, :-1] - student_top), 0.0)
+        if samples is None:  # the tail as one bucket
+            student_tail = logprobs_t.scatter(1, ids, -math.inf).logsumexp(-1, keepdim=True)
+            tail_kl = torch.where(teacher_p[:, -1:] > 0, teacher_p[:, -1:] * (teacher_logp[:, -1:] - student_tail), 0.0)
+        else:  # the tail's sum P_j (log P_j - log S_j), estimated from ids drawn from the teacher's tail
+            tail_kl = tail_negentropy - teacher_p[:, -1] * logprobs_t.gather(1, samples).mean(-1)
+        kl = top_kl.sum() + tail_kl.sum()
         loss = alpha * ce + (1 - alpha) * temperature ** 2 * kl
         if with_grad:
-            # d(KL)/d(z / T) = S - P~: P on the k ids; on the others P_tail in the student's own
-            # proportions, i.e. s_j * P_tail / S_tail.
-            tail_ratio = torch.where(teacher_p[:, -1:] > 0, (teacher_logp[:, -1:] - student_tail).exp(), 0.0)
+            # d(KL)/d(z / T) = S - P~: P on the k ids; on the others, P_tail spread over the drawn ids
+            # (P_tail / m per draw), or without draws in the student's own proportions, s_j P_tail / S_tail.
             probs_t = logprobs_t.exp_()
-            kl_grad = probs_t * (1 - tail_ratio)
+            if samples is None:
+                tail_ratio = torch.where(teacher_p[:, -1:] > 0, (teacher_logp[:, -1:] - student_tail).exp(), 0.0)
+                kl_grad = probs_t * (1 - tail_ratio)
+            else:
+                share = (teacher_p[:, -1:] / samples.shape[1]).expand(samples.shape)
+                kl_grad = probs_t.clone().scatter_add_(1, samples, -share)
             kl_grad.scatter_(1, ids, probs_t.gather(1, ids) - teacher_p[:, :-1])
             grad = ce_gradient(logprobs, targets, alpha)
             grad.add_(kl_grad, alpha=(1 - alpha) * temperature)
-            _ChunkTopKD.save_gradient(ctx, grad, student_logits.dtype)
+            _ChunkTopKD.save_gradient(ctx, grad, student_logits.dtype, inputs=9)
         ctx.mark_non_differentiable(ce, kl)
         return loss, ce, kl

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from finetuner import ui
-from finetuner.teachers.topk_cache import TopKCache, check_directory, shard_name, write_manifest
+from finetuner.teachers.topk_cache import (TAIL_SAMPLES, TopKCache, check_directory, pack_ids, shard_name,
+                                           write_manifest)
 
 if TYPE_CHECKING:
     import datasets
@@ -28,7 +29,7 @@ def ensure(cfg: RunConfig, rows: datasets.Dataset, tokenizer, vocab_size: int,
 
     directory = Path(cfg.teacher_cache).expanduser()
     current = fingerprint(cfg.teacher, teacher_precision(cfg.teacher_quantization), tokenizer, rows, cfg.max_length,
-                          cfg.teacher_top_k, cfg.temperature, vocab_size)
+                          cfg.teacher_top_k, cfg.temperature, vocab_size, TAIL_SAMPLES)
     manifest = check_directory(directory, current) or write_manifest(directory, current, rows)
     missing = [i for i in range(manifest["shards"]) if not (directory / shard_name(i)).is_file()]
     size = manifest["counted_tokens"] * manifest["bytes_per_token"]
@@ -43,11 +44,37 @@ def ensure(cfg: RunConfig, rows: datasets.Dataset, tokenizer, vocab_size: int,
     teacher = load_teacher()
     started, report_every = time.perf_counter(), max(1, len(missing) // 10)
     for number, index in enumerate(missing, start=1):
-        _build_shard(teacher, rows, index, manifest["rows_per_shard"], directory, cfg, tokenizer, vocab_size)
+        kept = _build_shard(teacher, rows, index, manifest["rows_per_shard"], directory, cfg, tokenizer, vocab_size)
+        if index == 0:
+            _record_kept_mass(directory, manifest, kept)
         if number % report_every == 0 or number == len(missing):
             ui.info(f"{done + number} of {manifest['shards']} shards written "
                     f"({number / (time.perf_counter() - started):.2f} shards/s)")
     return TopKCache(directory)
+
+
+def _record_kept_mass(directory: Path, manifest: dict, kept: dict) -> None:
+    """The first shard's kept teacher mass, into the manifest (the plan shows it) and on screen."""
+    import json
+
+    from finetuner.teachers.topk_quality import KEPT_MASS_WARNING
+
+    manifest["kept_mass"] = kept
+    staging = directory / "manifest.json.tmp"
+    staging.write_text(json.dumps(manifest, indent=1))
+    os.replace(staging, directory / "manifest.json")
+    line = (f"the top {manifest['fingerprint']['top_k']} keep {kept['share']:.0%} of the tempered teacher on the "
+            f"first {kept['rows']} rows (the rest from {TAIL_SAMPLES} tail samples a token)")
+    (ui.warning if kept["share"] < KEPT_MASS_WARNING else ui.info)(line)
+
+
+def _uniforms(rows: list[int], counts: list[int]):
+    """The tail draws' random numbers, seeded by training row: a row's samples are the same whatever
+    shard or batch it is built in (a resumed build equals an uninterrupted one)."""
+    import torch
+
+    return torch.cat([torch.rand(count, TAIL_SAMPLES, generator=torch.Generator().manual_seed(row))
+                      for row, count in zip(rows, counts)] or [torch.zeros(0, TAIL_SAMPLES)])
 
 
 def teacher_precision(quantization: str | None) -> str:
@@ -70,13 +97,15 @@ def _check_space(directory: Path, needed: float) -> None:
 
 
 def _build_shard(teacher, rows: datasets.Dataset, index: int, rows_per_shard: int, directory: Path,
-                 cfg: RunConfig, tokenizer, vocab_size: int) -> None:
+                 cfg: RunConfig, tokenizer, vocab_size: int) -> dict:
+    """Writes one shard; returns its kept teacher mass (`topk_quality.kept_mass`) and row count."""
     import torch
     from safetensors.torch import save_file
 
     from finetuner.data.preparing import make_collator
     from finetuner.losses import select_targets
-    from finetuner.objectives.topk import teacher_topk
+    from finetuner.objectives.topk import TopKEntries, teacher_topk
+    from finetuner.teachers.topk_quality import kept_mass
 
     first = index * rows_per_shard
     shard = rows.select(range(first, min(first + rows_per_shard, len(rows))))
@@ -97,18 +126,20 @@ def _build_shard(teacher, rows: datasets.Dataset, index: int, rows_per_shard: in
                              attention_mask=batch["attention_mask"].to(device)).last_hidden_state
             mask, _ = select_targets(batch["labels"].to(device))
             counted = hidden[:, :-1][mask]
-            parts = [teacher_topk(head(counted[s:s + 1024])[:, :vocab_size], cfg.teacher_top_k, cfg.temperature)
-                     for s in range(0, max(len(counted), 1), 1024)]
-            logprobs, ids, tail = (torch.cat(column) for column in zip(*parts))
+            uniforms = _uniforms([first + i for i in members], mask.sum(1).tolist()).to(device)
+            parts = [teacher_topk(head(counted[s:s + 1024])[:, :vocab_size], cfg.teacher_top_k, cfg.temperature,
+                                  uniforms[s:s + 1024]) for s in range(0, max(len(counted), 1), 1024)]
+            columns_out = [torch.cat(column) for column in zip(*parts)]
             for member, piece in zip(members, mask.sum(1).tolist()):
-                per_row[member] = (logprobs[:piece], ids[:piece], tail[:piece])
-                logprobs, ids, tail = logprobs[piece:], ids[piece:], tail[piece:]
-    ordered = [per_row[i] for i in range(len(shard))]
-    counts = torch.tensor([len(entry[0]) for entry in ordered])
-    tensors = {"logprobs": torch.cat([e[0] for e in ordered]).to(torch.float16).cpu(),
-               "ids": torch.cat([e[1] for e in ordered]).to(torch.int32).cpu(),
-               "tail": torch.cat([e[2] for e in ordered]).float().cpu(),
+                per_row[member] = [column[:piece] for column in columns_out]
+                columns_out = [column[piece:] for column in columns_out]
+    ordered = TopKEntries(*(torch.cat([per_row[i][j] for i in range(len(shard))]).cpu() for j in range(5)))
+    counts = torch.tensor([len(per_row[i][0]) for i in range(len(shard))])
+    tensors = {"logprobs": ordered.logprobs.to(torch.float16), "ids": pack_ids(ordered.ids, vocab_size),
+               "samples": pack_ids(ordered.samples, vocab_size), "tail": ordered.tail.float(),
+               "tail_negentropy": ordered.tail_negentropy.float(),
                "offsets": torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])}
     staging = directory / (shard_name(index) + ".tmp")
     save_file(tensors, str(staging), metadata={"first_row": str(first), "rows": str(len(shard))})
     os.replace(staging, directory / shard_name(index))  # atomic: a kill leaves no half shard
+    return {"share": round(kept_mass(ordered, cfg.temperature), 4), "rows": len(shard)}

@@ -3,13 +3,15 @@
 A cache directory holds `manifest.json` (format, fingerprint, row count, shard size) and
 `shard-NNNNN.safetensors` files, each covering `ROWS_PER_SHARD` consecutive training rows:
 - `logprobs` [N, k] float16: the teacher's top-k log-probabilities at T = 1, per counted position;
-- `ids` [N, k] int32: their token ids;
+- `ids` [N, k]: their token ids (int16, offset by 32768, for vocabularies of at most 65,536; else int32);
+- `samples` [N, TAIL_SAMPLES]: ids drawn from the tempered teacher's tail (the other ids), same id type;
 - `tail` [N] float32: log sum of p^(1/T) over the other ids (see finetuner.objectives.topk);
+- `tail_negentropy` [N] float32: sum over the other ids of P log P (tempered), for the KL's value;
 - `offsets` [rows + 1] int64: where each row's positions start (rows in training order).
 A shard is written to a temporary name and renamed, so a killed build leaves whole shards only, and
 the next build skips them. Training rows carry their index (`row_index`), so the sampler may shuffle
 or group by length freely. The fingerprint (teacher weights, tokenizer, a hash of the tokenized rows,
-max_length, k, temperature, vocabulary) must match, or the cache is refused.
+max_length, k, samples, temperature, vocabulary) must match, or the cache is refused.
 """
 
 from __future__ import annotations
@@ -31,16 +33,36 @@ if TYPE_CHECKING:
     from finetuner.config import RunConfig
     from finetuner.objectives.topk import TopKEntries
 
-FORMAT = 1
+FORMAT = 2  # 1: top-k and one tail bucket, no tail samples (refused: rebuild)
 MANIFEST = "manifest.json"
 # Rows per shard: a killed build loses at most one shard's work. The variable lets a test make many.
 ROWS_PER_SHARD = int(os.environ.get("FINETUNER_CACHE_SHARD_ROWS", "64"))
 ROW_INDEX = "row_index"  # the dataset column that maps a training row to its cache entries
-LOGPROB_BYTES, ID_BYTES, TAIL_BYTES = 2, 4, 4  # float16, int32, float32
+LOGPROB_BYTES, TAIL_BYTES = 2, 8  # float16; the tail's weight and negentropy, float32
+# Ids drawn from the tempered tail per counted token: the tail's shape, unbiased (benchmarks/teacher_cache.py).
+TAIL_SAMPLES = 128
+SMALL_VOCAB = 1 << 16  # ids fit int16 (offset by 32768) up to here
 
 
-def bytes_per_token(k: int) -> int:
-    return k * (LOGPROB_BYTES + ID_BYTES) + TAIL_BYTES
+def id_bytes(vocab_size: int | None) -> int:
+    return 2 if vocab_size is None or vocab_size <= SMALL_VOCAB else 4
+
+
+def bytes_per_token(k: int, vocab_size: int | None = None) -> int:
+    """On disk per counted token (vocab_size None: a vocabulary of at most 65,536 ids)."""
+    return k * (LOGPROB_BYTES + id_bytes(vocab_size)) + TAIL_SAMPLES * id_bytes(vocab_size) + TAIL_BYTES
+
+
+def pack_ids(ids: Tensor, vocab_size: int) -> Tensor:
+    import torch
+
+    return (ids - 32768).to(torch.int16) if vocab_size <= SMALL_VOCAB else ids.to(torch.int32)
+
+
+def unpack_ids(ids: Tensor) -> Tensor:
+    import torch
+
+    return ids.long() + 32768 if ids.dtype == torch.int16 else ids.long()
 
 
 def shard_name(index: int) -> str:
@@ -56,25 +78,43 @@ def plan_rows(cfg: RunConfig, data=None) -> list[tuple[str, str]]:
         return []
     manifest = complete_manifest(Path(cfg.teacher_cache))
     if manifest:
-        size = manifest["counted_tokens"] * bytes_per_token(manifest["fingerprint"]["top_k"])
+        size = manifest["counted_tokens"] * manifest["bytes_per_token"]
         return [("teacher cache", f"complete: {manifest['counted_tokens']:,} tokens, {ui.size(size)}; "
-                                  "the teacher is not loaded (if it matches this run)")]
-    per_token = bytes_per_token(cfg.teacher_top_k)
+                                  "the teacher is not loaded (if it matches this run)"), *kept_mass_rows(manifest)]
+    per_token = bytes_per_token(cfg.teacher_top_k, _vocab_size(cfg.teacher))
     started = read_manifest(Path(cfg.teacher_cache))
     if started:
         done = sum((Path(cfg.teacher_cache).expanduser() / shard_name(i)).is_file() for i in range(started["shards"]))
         size = started["counted_tokens"] * started["bytes_per_token"]
         return [("teacher cache", f"{done} of {started['shards']} shards written ({ui.size(size)} in all); "
-                                  "the build resumes there (if it matches this run)")]
+                                  "the build resumes there (if it matches this run)"), *kept_mass_rows(started)]
     # In hybrid mode the teacher has not written the responses yet: only the bound is known.
     if data is not None and getattr(data, "train", None) is not None and not getattr(cfg, "teacher_writes", False):
         tokens = counted_tokens(data.train)
         return [("teacher cache", f"top-{cfg.teacher_top_k}, {per_token} bytes a counted token x {tokens:,} "
-                                  f"tokens = {ui.size(tokens * per_token)}, written once to {cfg.teacher_cache}")]
+                                  f"tokens = {ui.size(tokens * per_token)} (with {TAIL_SAMPLES} tail samples a "
+                                  f"token), written once to {cfg.teacher_cache}")]
     most = math.ceil(cfg.max_samples * (1 - cfg.eval_fraction)) * cfg.max_length
     return [("teacher cache", f"top-{cfg.teacher_top_k}, {per_token} bytes a counted token x at most {most:,} "
-                              f"tokens = at most {ui.size(most * per_token)} (exact figure after tokenizing)")]
+                              f"tokens = at most {ui.size(most * per_token)} (with {TAIL_SAMPLES} tail samples a "
+                              "token; exact figure after tokenizing)")]
 
+
+def _vocab_size(name: str) -> int | None:
+    """The teacher's vocabulary from its config (ids take 4 bytes above 65,536), None if unreadable."""
+    try:
+        from finetuner import models
+
+        return getattr(models.load_config(name), "vocab_size", None)
+    except Exception:  # the plan's own checks report an unreadable teacher
+        return None
+
+
+def kept_mass_rows(manifest: dict) -> list[tuple[str, str]]:
+    from finetuner.teachers.topk_quality import kept_mass_row
+
+    row = kept_mass_row(manifest)
+    return [row] if row else []
 
 
 # ---- the directory ----------------------------------------------------------------------------
@@ -85,6 +125,8 @@ def read_manifest(directory: Path) -> dict | None:
         return None
     try:
         manifest = json.loads(path.read_text())
+        if manifest.get("format") == 1:
+            raise ValueError("format 1, from an older finetuner that kept no tail samples")
         if manifest.get("format") != FORMAT or "fingerprint" not in manifest:
             raise ValueError("unknown format")
     except (OSError, ValueError) as exc:
@@ -147,9 +189,10 @@ def check_directory(directory: Path, current: dict) -> dict | None:
 def write_manifest(directory: Path, current: dict, rows: datasets.Dataset) -> dict:
     manifest = {"format": FORMAT, "fingerprint": current, "rows": len(rows), "rows_per_shard": ROWS_PER_SHARD,
                 "shards": math.ceil(len(rows) / ROWS_PER_SHARD), "counted_tokens": counted_tokens(rows),
-                "bytes_per_token": bytes_per_token(current["top_k"]),
-                "layout": {"logprobs": "float16 [N, k]", "ids": "int32 [N, k]", "tail": "float32 [N]",
-                           "offsets": "int64 [rows + 1]"}}
+                "bytes_per_token": bytes_per_token(current["top_k"], current["vocab_size"]),
+                "layout": {"logprobs": "float16 [N, k]", "ids": "int16 (+32768) or int32 [N, k]",
+                           "samples": f"as ids [N, {current['tail_samples']}]", "tail": "float32 [N]",
+                           "tail_negentropy": "float32 [N]", "offsets": "int64 [rows + 1]"}}
     directory.mkdir(parents=True, exist_ok=True)
     staging = directory / (MANIFEST + ".tmp")
     staging.write_text(json.dumps(manifest, indent=1))
@@ -219,11 +262,14 @@ class TopKCache:
                                    f"the batch has {count}: the cache does not match these rows",
                                    hint=f"delete {self.directory} to rebuild it")
             # float16 widened at once: CPU autocast refuses to concatenate float16 tensors.
-            parts.append([shard.handle.get_slice("logprobs")[start:stop].float(),
-                          shard.handle.get_slice("ids")[start:stop], shard.handle.get_slice("tail")[start:stop]])
+            read = {name: shard.handle.get_slice(name)[start:stop] for name in TopKEntries._fields}
+            parts.append([read["logprobs"].float(), unpack_ids(read["ids"]), read["tail"],
+                          unpack_ids(read["samples"]), read["tail_negentropy"]])
         if not parts:
             k = min(self.manifest["fingerprint"]["top_k"], self.manifest["fingerprint"]["vocab_size"])
-            return TopKEntries(torch.zeros(0, k), torch.zeros(0, k, dtype=torch.int32), torch.zeros(0))
+            m = self.manifest["fingerprint"]["tail_samples"]
+            return TopKEntries(torch.zeros(0, k), torch.zeros(0, k, dtype=torch.long), torch.zeros(0),
+                               torch.zeros(0, m, dtype=torch.long), torch.zeros(0))
         return TopKEntries(*(torch.cat(column) for column in zip(*parts)))
 
     def entries_for_batch(self, row_index: Tensor, labels: Tensor) -> TopKEntries:

@@ -15,13 +15,13 @@ if TYPE_CHECKING:
 
 
 def fingerprint(teacher: str, teacher_precision: str, tokenizer, rows: datasets.Dataset, max_length: int,
-                top_k: int, temperature: float, vocab_size: int) -> dict:
+                top_k: int, temperature: float, vocab_size: int, tail_samples: int) -> dict:
     """Everything the cached numbers depend on. `teacher_weights` is None when the teacher is not
     on this machine (then the teacher's name stands in for it). `teacher_precision`: the dtype or
     quantisation it runs in ("bf16", "fp32", "8bit", "4bit"), which moves its probabilities."""
     return {"teacher": teacher, "teacher_weights": teacher_weights_id(teacher), "teacher_precision": teacher_precision,
             "tokenizer": tokenizer_hash(tokenizer), "rows": rows_hash(rows), "max_length": max_length,
-            "top_k": top_k, "temperature": temperature, "vocab_size": vocab_size}
+            "top_k": top_k, "tail_samples": tail_samples, "temperature": temperature, "vocab_size": vocab_size}
 
 
 def teacher_weights_id(name: str) -> str | None:

@@ -172,13 +172,15 @@ def derived_facts(cfg: RunConfig, pre: Preflight, time: TimeEstimate) -> list[tu
 
     stats = pre.data.stats
     total = pre.recipe.steps(stats["train_rows"])
-    effective = cfg.batch_size * cfg.gradient_accumulation
+    processes = pre.recipe.processes
+    effective = cfg.batch_size * cfg.gradient_accumulation * processes
     rows = [
         ("device", device_name(cfg)),
         ("rows", f"{stats['train_rows']} to train on, {stats['eval_rows']} held out"
                  f" ({pre.data.format.description()})"),
         ("optimizer steps", f"{total}" + ("" if cfg.max_steps else f" ({cfg.epochs} epoch{'s' * (cfg.epochs > 1)})")),
-        ("effective batch", f"{effective} rows ({cfg.batch_size} x {cfg.gradient_accumulation} accumulation)"),
+        ("effective batch", f"{effective} rows ({cfg.batch_size} x {cfg.gradient_accumulation} accumulation"
+                            + (f" x {processes} processes)" if processes > 1 else ")")),
         *time_rows(time),
         ("disk needed", f"about {ui.size(disk.bytes_needed(pre.recipe))}"),
     ]
@@ -212,6 +214,7 @@ def plan_warnings(cfg: RunConfig, pre: Preflight, time: TimeEstimate | None = No
 
     if note := kept_mass_warning(cfg):
         notes.append(note)
+    notes += _fsdp_note()
     if cfg.benchmark and applies("benchmark", cfg):
         if pre.data.format.kind == "text":
             notes.append("the benchmark will be skipped: plain text has no prompts and answers to score")
@@ -220,6 +223,18 @@ def plan_warnings(cfg: RunConfig, pre: Preflight, time: TimeEstimate | None = No
                          f"the benchmark will use {held} (raise eval_fraction or max_samples for more)")
         notes += _size_note(cfg, pre)
     return notes
+
+
+def _fsdp_note() -> list[str]:
+    """accelerate turns FSDP on for GPUs only: on a CPU, fsdp.yaml trains plain DDP without a word."""
+    import os
+
+    import torch
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() not in ("1", "true") or torch.cuda.is_available():
+        return []
+    return ["launched with fsdp.yaml on a machine without CUDA: accelerate trains plain DDP here (every "
+            "process holds whole models), not FSDP"]
 
 
 def _size_note(cfg: RunConfig, pre: Preflight) -> list[str]:

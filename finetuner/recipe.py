@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from finetuner.config import RunConfig
+from finetuner.distributed import world_size
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class Recipe:
     epochs: int
     max_steps: int | None
     gradient_checkpointing: bool
+    processes: int = 1  # ranks under torchrun/accelerate; each trains on its share of the rows
 
     @classmethod
     def of(cls, cfg: RunConfig) -> "Recipe":
@@ -59,7 +61,8 @@ class Recipe:
                    # A LoRA student derived from the teacher has no base on disk, so it is always merged.
                    merges=adapter is not None and (cfg.merge_adapter or distilling),
                    batch_size=cfg.batch_size, accumulation=cfg.gradient_accumulation, epochs=cfg.epochs,
-                   max_steps=cfg.max_steps, gradient_checkpointing=cfg.gradient_checkpointing)
+                   max_steps=cfg.max_steps, gradient_checkpointing=cfg.gradient_checkpointing,
+                   processes=world_size())
 
     @property
     def distils(self) -> bool:
@@ -77,7 +80,8 @@ class Recipe:
         return max(1, self.steps_per_epoch(train_rows) * self.epochs)
 
     def steps_per_epoch(self, train_rows: int) -> int:
-        return max(1, math.ceil(math.ceil(train_rows / self.batch_size) / self.accumulation))
+        rows_per_rank = math.ceil(train_rows / self.processes)  # the distributed sampler pads to equal shares
+        return max(1, math.ceil(math.ceil(rows_per_rank / self.batch_size) / self.accumulation))
 
     def training_flops(self, tokens: float, label_tokens: float) -> float:
         """Training FLOPs for `tokens` input tokens of which `label_tokens` count in the loss.

@@ -140,12 +140,14 @@ def show_plan(cfg: RunConfig, checked, estimate) -> None:
 
     from finetuner.memory_plan import plan_rows as memory_rows
     from finetuner.objectives.layer_map import plan_rows as hidden_state_rows
+    from finetuner.teachers.estimate import plan_rows as generation_rows
     from finetuner.teachers.topk_cache import plan_rows as cache_rows
 
     rows = list(cfg.to_answers().items())
     rows += plan.derived_facts(cfg, checked, estimate)
     rows += hidden_state_rows(cfg)
     rows += cache_rows(cfg, checked.data)
+    rows += generation_rows(cfg, checked)
     rows += memory_rows(cfg)
     ui.table("Plan", rows)
     for note in [*warnings_for(cfg), *plan.plan_warnings(cfg, checked)]:
@@ -171,7 +173,7 @@ def generate_only_stage(teacher_data, out_dir: str) -> int:
     if teacher_data is None:
         raise ui.UserError("--generate-only needs a teacher that writes",
                            hint="set distillation_mode responses or hybrid")
-    ui.success(f"Generation done; read or edit {Path(out_dir) / 'teacher_responses.jsonl'}, then "
+    ui.success(f"Generation done; read or edit {teacher_data.cache_path or Path(out_dir) / 'teacher_responses.jsonl'}, then "
                f"train with:  {resume_command(out_dir, distributed.world_size())}")
     return 0
 

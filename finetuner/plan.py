@@ -39,6 +39,9 @@ def preflight(cfg: RunConfig) -> Preflight:
     from finetuner.data.preparing import prepare
     from finetuner.teachers import topk_cache
 
+    from finetuner.teachers.estimate import check_teacher_endpoint
+
+    check_teacher_endpoint(cfg)  # one request: a wrong model, URL or key fails here, not minutes later
     ui.step("Checking tokenizers, model configs and the data (no weights are loaded)")
     recipe = Recipe.of(cfg)
     tokenizer = models.load_tokenizer(recipe.trained)
@@ -221,7 +224,9 @@ def show_example(pre: Preflight) -> None:
     if start:
         body.append(f"prompt: masked, not in the loss ({start} tokens)\n", style="bold")
         body.append(decode(ids[:start]) + "\n", style="dim")
-    body.append(f"trained on: counted in the loss ({len(ids) - start} tokens)\n", style="bold")
+    body.append(f"trained on: counted in the loss ({len(ids) - start} tokens)\n" if not pre.recipe.writes else
+                "trained on: the teacher's response to this prompt, written after \"Start?\" (the dataset's "
+                "reference stands in below)\n", style="bold")
     body.append(decode(ids[start:]), style="green")
     ui.console.print(Panel(body, title=f"Training example (1 of {len(train)}), exactly as tokenized",
                            title_align="left"))

@@ -107,8 +107,11 @@ def plan_stage(args: argparse.Namespace, cfg: RunConfig, secrets: dict):
     """Check, show the plan, and ask "Start?" until the user starts (returns the config, secrets,
     checked data and estimate to run with) or stops (None: a dry run, or "not now")."""
     from finetuner import plan
+    from finetuner.teachers.estimate import check_teacher_endpoint
 
     while True:
+        # One request to an API teacher: a wrong model, URL or key stops here, not minutes later.
+        check_teacher_endpoint(cfg, warn_only=args.dry_run)
         checked = plan.preflight(cfg)  # everything cheap that could fail, before the plan and "Start?"
         plan.show_example(checked)
         estimate = plan.estimate(cfg, checked, dry_run=args.dry_run)

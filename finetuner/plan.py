@@ -39,9 +39,6 @@ def preflight(cfg: RunConfig) -> Preflight:
     from finetuner.data.preparing import prepare
     from finetuner.teachers import topk_cache
 
-    from finetuner.teachers.estimate import check_teacher_endpoint
-
-    check_teacher_endpoint(cfg)  # one request: a wrong model, URL or key fails here, not minutes later
     ui.step("Checking tokenizers, model configs and the data (no weights are loaded)")
     recipe = Recipe.of(cfg)
     tokenizer = models.load_tokenizer(recipe.trained)

@@ -23,16 +23,20 @@ from finetuner.teachers.writing import read_rate
 _SYSTEM_TOKENS = 80  # the grounded-answer system prompt and the chat template's own tokens
 
 
-def check_teacher_endpoint(cfg: RunConfig) -> None:
+def check_teacher_endpoint(cfg: RunConfig, warn_only: bool = False) -> None:
     """One cheap request to an API teacher: a wrong model, a missing /v1 or key, a dead or hung host
-    stop here, as one line, before "Start?". With responses already cached it only warns: a run
-    that needs nothing new (say, training elsewhere after --generate-only) does not need the server."""
+    stop here, as one line, before "Start?". A dry run (`warn_only`, the server may not be up yet)
+    and a run with responses already cached only warn: a run that needs nothing new (say, training
+    elsewhere after --generate-only) does not need the server."""
     if not (cfg.teacher_writes and cfg.teacher_api_base):
         return
     timeout = min(FIRST_REPLY_TIMEOUT, cfg.generation_timeout)
     ui.step(f"Checking the teacher endpoint {cfg.teacher_api_base} (one request; first-reply timeout {timeout:g} s)")
     problem = check_endpoint(cfg.teacher_api_base, cfg.teacher, cfg.teacher_api_key_env, timeout=timeout)
     if problem is None:
+        return
+    if warn_only:
+        ui.warning(f"{problem.message} ({problem.hint})")
         return
     cached = len(open_cache(cfg, open_teacher(cfg).identity).replies)
     if not cached:

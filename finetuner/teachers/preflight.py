@@ -5,7 +5,8 @@ not list the model, it asks for a one-token completion. It names, in one line ea
 answers on, a server that accepts the connection but does not reply within the preflight's
 first-reply timeout, a base URL missing its `/v1`, a key the endpoint needs but whose variable is
 unset (or a key it refuses), and a model it does not serve (listing those it does). Anything else
-(a 500, an odd reply) is left to the real requests, whose retries and messages handle it.
+(a 500, an odd reply, a model slow to load) is left to the real requests, whose retries and messages
+handle it. A server is called stuck only when neither request gets a reply in time.
 
 Usable for any endpoint (a teacher, a judge): it takes the base URL, the model and the name of
 the key's variable. The key is read from the environment, handed to the client only, and
@@ -20,7 +21,7 @@ from urllib.parse import urlparse
 from finetuner import ui
 
 NO_KEY = "not-needed"  # local servers ignore the key, but the client insists on one
-FIRST_REPLY_TIMEOUT = 10.0  # seconds the preflight waits for a first reply
+FIRST_REPLY_TIMEOUT = 15.0  # seconds the preflight waits for a first reply
 _LISTED = 8  # served models named in a message
 
 
@@ -57,10 +58,12 @@ def check_endpoint(base: str, model: str, key_variable: str, setting: str = "tea
     client = openai.OpenAI(base_url=base, api_key=key or NO_KEY, max_retries=0, timeout=timeout)
     try:
         served = [m.id for m in client.models.list().data]
-    except openai.APITimeoutError:
+    except openai.APITimeoutError:  # some servers list slowly (transformers serve scans its cache): ask once more
+        if not _times_out(client, model):
+            return None
         return EndpointError(f"the {setting} endpoint {base} accepted the connection but did not answer GET /models "
-                             f"within {timeout:g} s (the preflight's first-reply timeout)",
-                             hint="is the server still starting, or stuck? check its log, then rerun")
+                             f"or a one-token completion within {timeout:g} s each (the preflight's first-reply "
+                             "timeout)", hint="is the server still starting, or stuck? check its log, then rerun")
     except openai.APIConnectionError as exc:
         return EndpointError(f"can't reach the {setting} endpoint {base}: {redact(cause_of(exc), key)}",
                              hint=f"check that the server is running and {names[0]} is right (it usually ends in /v1)")
@@ -94,6 +97,18 @@ def _try_completion(client, base, model, key_variable, key, setting, served) -> 
     except openai.APIError:
         pass  # a timeout (a model still loading), a 500, an odd reply: the real requests will tell
     return None
+
+
+def _times_out(client, model: str) -> bool:
+    import openai
+
+    try:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=1)
+    except openai.APITimeoutError:
+        return True
+    except openai.APIError:
+        pass  # it answered: the real requests will say what is wrong, if anything
+    return False
 
 
 def _key_problem(base, setting, key_variable, key, exc) -> EndpointError:

@@ -28,6 +28,8 @@ print("What is this?")
 3) Why would a pod hold more than one container?
 4. what is the smallest deployable unit in Kubernetes
 5. What is the smallest deployable unit in Kubernetes?
+6. I'm ready to help. What's the text you'd like to edit?
+How can I help you today?
 
 The text is:
 I hope these help!"""

@@ -4,7 +4,9 @@ server's structured output where it has one), and how its reply is read.
 A reply is read as JSON first (a list, or an object holding one, also inside a ```json fence);
 otherwise line by line, strictly: numbering, bullets, "Question 1:" labels, markdown and quotes are
 stripped, code blocks skipped, and only lines that end in a question mark are kept, so preambles
-("Here are three questions:"), headings and stray code never become training prompts. Questions
+("Here are three questions:"), headings and stray code never become training prompts; nor does a
+line that says something before its question, or asks the user what they want ("I'm ready to
+help. What's the text you'd like to edit?"). Questions
 are de-duplicated ignoring case, spacing and punctuation.
 """
 
@@ -27,6 +29,10 @@ _LABEL = re.compile(r"^\s*(?:[-*•+>]\s*|#{1,6}\s*|\(?\d{1,3}[.):]\s*|\(?[a-z][
                     r"(?:q|question)\s*\d*\s*[:.)]\s*)+", re.IGNORECASE)
 _MARKUP = re.compile(r"\*\*|__|`|^\*|\*$")
 _FENCE = re.compile(r"^\s*(```|~~~)")
+# The model talking to its user, not a question about the text: "I'm ready to help. What's the text
+# you'd like to edit?", "How can I help you today?"
+_CHATTER = re.compile(r"(?:(?<!Dr)(?<!Mr)(?<!Ms)(?<!St)(?<!vs)(?<!e\.g)(?<!i\.e)[.!]\s+[A-Z])|\b(?:you'?d like|would you like|do you want|can i help|how can i|"
+                      r"let me know|help you)\b", re.IGNORECASE)
 _MIN_WORDS = 3
 
 
@@ -52,7 +58,7 @@ def clean_question(line: str) -> str | None:
     """One line as a question (labels and markup stripped), or None when it is not a question."""
     line = _MARKUP.sub("", _LABEL.sub("", line.strip())).strip().strip("\"'“”").strip()
     line = _LABEL.sub("", line).strip()  # "**Question 1:** What…" has its label inside the bold
-    if not line.endswith("?") or len(line.split()) < _MIN_WORDS:
+    if not line.endswith("?") or len(line.split()) < _MIN_WORDS or _CHATTER.search(line):
         return None
     return line
 

@@ -49,6 +49,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--code", default=str(ROOT), help="the checkout whose finetune_cli.py runs (default: this one)")
     parser.add_argument("--tag", default="after")
+    parser.add_argument("--teacher", help="a local model directory to serve (default: the built-in SmolLM2-135M)")
     parser.add_argument("--questions-per-chunk", type=int, default=3)
     parser.add_argument("--chunk-tokens", type=int, default=512)
     parser.add_argument("--max-samples", type=int, default=12, help="questions answered, at most")
@@ -60,7 +61,7 @@ def main() -> None:
 
     from finetuner import models
 
-    served = models.resolve_model_path("smollm2-135m-instruct")
+    served = args.teacher or models.resolve_model_path("smollm2-135m-instruct")
     work = Path(tempfile.mkdtemp(prefix="document-questions-"))
     docs = _documents(work / "docs", args.doc_chars)
     out = Path(args.out or work / "out")
@@ -78,8 +79,8 @@ def main() -> None:
     print(run.stdout[-3000:], run.stderr[-2000:], sep="\n")
     figures = measure(out / "teacher_responses.jsonl")
     figures.update({"tag": args.tag, "code": args.code, "exit_code": run.returncode, "seconds": round(seconds, 1),
-                    "teacher": "SmolLM2-135M-Instruct (built-in) via transformers serve", "documents": list(DOCS),
-                    "settings": {k: v for k, v in vars(args).items() if k not in ("code", "tag", "out")}})
+                    "teacher": f"{args.teacher or 'SmolLM2-135M-Instruct (built-in)'} via transformers serve", "documents": list(DOCS),
+                    "settings": {k: v for k, v in vars(args).items() if k not in ("code", "tag", "out", "teacher")}})
     print(json.dumps({k: v for k, v in figures.items() if k != "examples"}, indent=1))
     results = ROOT / "benchmarks" / "results" / f"document_questions-{args.tag}-{date.today()}.json"
     results.write_text(json.dumps(figures, indent=1))

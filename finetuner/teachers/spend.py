@@ -25,7 +25,9 @@ def cost(tokens_in: int, tokens_out: int, price: tuple[float, float]) -> float:
 
 
 def money(amount: float) -> str:
-    return f"${amount:,.2f}" if amount >= 1 else f"${amount:.4f}"
+    if amount >= 1:
+        return f"${amount:,.2f}"
+    return f"${amount:.4f}" if amount >= 1e-4 or not amount else f"${amount:.6f}"
 
 
 def spend(cfg: RunConfig, replies: list[Reply], new: list[Reply], seconds: float) -> dict:

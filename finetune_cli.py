@@ -15,7 +15,7 @@ from pathlib import Path
 
 from finetuner import __version__, distributed, noise, ui
 from finetuner.config import RunConfig, applies
-from finetuner.wizard.answers import answers_path, parse_overrides, replay_command, resume_command, save_answers
+from finetuner.wizard.answers import answers_kept, answers_path, parse_overrides, replay_command, resume_command, save_answers
 from finetuner.wizard.gather import AnswerOptions, edit_one_setting, gather
 from finetuner.wizard.prompts import confirm_start
 
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if confirmed is None:
         return 0  # a dry run, or "not now"
     cfg, secrets, checked, estimate = confirmed
-    from finetuner.time_plan import PhaseClock
+    from finetuner.phase_clock import PhaseClock
 
     clock = PhaseClock()
     with clock.phase("teacher generation"):
@@ -114,13 +114,16 @@ def plan_stage(args: argparse.Namespace, cfg: RunConfig, secrets: dict):
     """Check, show the plan, and ask "Start?" until the user starts (returns the config, secrets,
     checked data and estimate to run with) or stops (None: a dry run, or "not now")."""
     from finetuner import plan
+    from finetuner.teachers.estimate import check_teacher_endpoint
 
     while True:
         saved = answers_path(cfg.output_dir)
         try:
+            # One request to an API teacher: a wrong model, URL or key stops here, not minutes later.
+            check_teacher_endpoint(cfg, warn_only=args.dry_run)
             checked, estimate = plan.check_and_show(cfg, args.dry_run)
         except ui.UserError as err:
-            raise answers_kept(err, cfg) from None
+            raise answers_kept(err, cfg.output_dir, cfg.to_answers()) from None
         if args.dry_run:
             if ui.can_ask() and not args.answers:
                 ui.success(f"Answers saved to {save_answers(saved, cfg.to_answers())}")
@@ -139,15 +142,6 @@ def plan_stage(args: argparse.Namespace, cfg: RunConfig, secrets: dict):
         save_answers(saved, cfg.to_answers())
     ui.info(f"Answers saved to {saved} (replay: {replay_command(saved)})")
     return cfg, secrets, checked, estimate
-
-
-def answers_kept(err: ui.UserError, cfg: RunConfig) -> ui.UserError:
-    """A check after the questions failed: the answers typed are saved, and the error says how to replay them."""
-    if not ui.can_ask() or not distributed.is_main_process():
-        return err  # nothing was typed: the answers are in the file and --set given
-    saved = save_answers(answers_path(cfg.output_dir), cfg.to_answers())
-    replay = f"your answers are saved; fix the setting (--set KEY=VALUE, or in the file) and run:  {replay_command(saved)}"
-    return ui.UserError(err.message, hint=f"{err.hint}; {replay}" if err.hint else replay, details=err.details)
 
 
 # ---- generate, train, baseline ----------------------------------------------------------------
@@ -169,7 +163,7 @@ def generate_only_stage(teacher_data, out_dir: str) -> int:
     if teacher_data is None:
         raise ui.UserError("--generate-only needs a teacher that writes",
                            hint="set distillation_mode responses or hybrid")
-    ui.success(f"Generation done; read or edit {Path(out_dir) / 'teacher_responses.jsonl'}, then "
+    ui.success(f"Generation done; read or edit {teacher_data.cache_path or Path(out_dir) / 'teacher_responses.jsonl'}, then "
                f"train with:  {resume_command(out_dir, distributed.world_size())}")
     return 0
 

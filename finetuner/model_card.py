@@ -10,6 +10,7 @@ from finetuner import artifacts
 from finetuner.benchmark import comparison, scores, tables
 from finetuner.config import applies
 from finetuner.sources import BUILTIN_DATASETS, BUILTIN_MODELS, dataset_kind, model_kind
+from finetuner.teachers.spend import card_lines as generation_card_lines
 
 CARD_FILE = "README.md"
 # Hub ids and licenses of the built-ins (sources.py knows only where they are installed).
@@ -28,6 +29,7 @@ def model_card(cfg, report: dict | None, adapter: bool) -> str:
         "## How it was made", "",
         _markdown_table(("Setting", "Value"), _settings(cfg)), "",
         *_benchmark_section(report),
+        *generation_card_lines(cfg.output_dir),
         "## Usage", "",
         _usage(cfg.hub_repo or "USER/MODEL", adapter, _adapter_note(cfg) if adapter else ""), "",
     ])

@@ -91,12 +91,14 @@ def show(cfg: RunConfig, checked: Preflight, time: TimeEstimate) -> None:
     from finetuner.config_checks import warnings_for
     from finetuner.memory_plan import plan_rows as memory_rows
     from finetuner.objectives.layer_map import plan_rows as hidden_state_rows
+    from finetuner.teachers.estimate import plan_rows as generation_rows
     from finetuner.teachers.topk_cache import plan_rows as cache_rows
 
     rows = list(cfg.to_answers().items())
     rows += derived_facts(cfg, checked, time)
     rows += hidden_state_rows(cfg)
     rows += cache_rows(cfg, checked.data)
+    rows += generation_rows(cfg, checked)
     rows += memory_rows(cfg)
     ui.table("Plan", rows)
     for note in [*warnings_for(cfg), *plan_warnings(cfg, checked, time)]:
@@ -273,7 +275,9 @@ def show_example(pre: Preflight) -> None:
     if start:
         body.append(f"prompt: masked, not in the loss ({start} tokens)\n", style="bold")
         body.append(decode(ids[:start]) + "\n", style="dim")
-    body.append(f"trained on: counted in the loss ({len(ids) - start} tokens)\n", style="bold")
+    body.append(f"trained on: counted in the loss ({len(ids) - start} tokens)\n" if not pre.recipe.writes else
+                "trained on: the teacher's response to this prompt, written after \"Start?\" (the dataset's "
+                "reference stands in below)\n", style="bold")
     body.append(decode(ids[start:]), style="green")
     ui.console.print(Panel(body, title=f"Training example (1 of {len(train)}), exactly as tokenized",
                            title_align="left"))

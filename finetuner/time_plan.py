@@ -16,10 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 from finetuner.config import RunConfig, applies
 from finetuner.recipe import Recipe
@@ -89,7 +86,7 @@ def estimate(cfg: RunConfig, pre, rates: Rates) -> TimeEstimate:
                             rates.how, rates.notes)
     if not data.stats.get("train_rows"):
         return TimeEstimate((Phase("training", 0.0, "no rows to train on"),), rates.how, rates.notes)
-    phases = [preparation(cfg, recipe, data, rates), generation(cfg, recipe, data, rates), cache_build(recipe, data, rates),
+    phases = [preparation(cfg, recipe, data, rates), generation(cfg, pre, rates), cache_build(recipe, data, rates),
               Phase("training", training_seconds(_training_recipe(recipe), data, rates), rates.how),
               baseline(cfg, recipe, data, rates), benchmark(cfg, recipe, data, rates)]
     return TimeEstimate(tuple(p for p in phases if p is not None), rates.how, rates.notes)
@@ -157,11 +154,16 @@ def preparation(cfg: RunConfig, recipe: Recipe, data, rates: Rates) -> Phase:
     return Phase("model preparation", seconds, ", ".join(what))
 
 
-def generation(cfg: RunConfig, recipe: Recipe, data, rates: Rates) -> Phase | None:
-    """The teacher writes a response to every prompt (training and held out)."""
-    if not recipe.writes:
+def generation(cfg: RunConfig, pre, rates: Rates) -> Phase | None:
+    """The teacher writes a response to every prompt (training and held out) not already cached."""
+    from finetuner.teachers.estimate import needed
+
+    if not pre.recipe.writes:
         return None
-    prompts = data.stats["train_rows"] + data.stats["eval_rows"]
+    need = needed(cfg, pre)
+    prompts = need.requests - need.cached
+    if not prompts:
+        return Phase("teacher generation", 0.0, "none: every response is cached")
     if cfg.teacher_api_base:
         return api_generation(cfg, prompts)
     if rates.decode_seconds_per_param is None:
@@ -173,9 +175,16 @@ def generation(cfg: RunConfig, recipe: Recipe, data, rates: Rates) -> Phase | No
 
 
 def api_generation(cfg: RunConfig, prompts: int) -> Phase:
-    """An API teacher's time is the endpoint's: estimated from its first replies once they come."""
-    return Phase("teacher generation", None, f"{prompts} responses from {cfg.teacher_api_base}: timed from the "
-                                             "first replies")
+    """An API teacher's time is the endpoint's: the rate an earlier run with it measured, else projected
+    live from its first replies."""
+    from finetuner.teachers.estimate import earlier_rate
+
+    rate = earlier_rate(cfg)
+    if rate is None:
+        return Phase("teacher generation", None, f"{prompts} responses from {cfg.teacher_api_base}: projected live "
+                                                 "from the first replies (no earlier run with this teacher here)")
+    return Phase("teacher generation", prompts / rate["requests_per_s"],
+                 f"{prompts} responses at {rate['requests_per_s']:.2f} requests/s, measured by an earlier run")
 
 
 def cache_build(recipe: Recipe, data, rates: Rates) -> Phase | None:
@@ -260,40 +269,3 @@ def busy_note() -> str:
     if load <= cores * 1.25:
         return ""
     return f"; the machine is busy now (load {load:.1f} on {cores} cores), so expect it to take longer"
-
-
-# ---- the run's own times, beside the plan's ------------------------------------------------------
-
-TIMINGS_FILE = "timings.json"
-
-
-class PhaseClock:
-    """Wall time of each phase after "Start?", written to OUT/timings.json beside the plan's estimate
-    (benchmarks/time_estimate.py compares the two)."""
-
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def phase(self, name: str):
-        clock = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - clock
-
-    def move(self, source: str, target: str, seconds: float) -> None:
-        """`seconds` of phase `source` belong to `target` (training, measured inside the training stage)."""
-        self.seconds[source] = max(0.0, self.seconds.get(source, 0.0) - seconds)
-        self.seconds[target] = self.seconds.get(target, 0.0) + seconds
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
-    def write(self, out: Path, plan: TimeEstimate) -> Path:
-        from finetuner import artifacts
-
-        measured = {name: round(seconds, 1) for name, seconds in self.seconds.items() if seconds >= 0.05}
-        return artifacts.write_json(out / TIMINGS_FILE, {"estimate": plan.as_dict(),
-                                                        "measured": {"phases": measured,
-                                                                     "total_s": round(self.elapsed(), 1)}})

@@ -9,14 +9,23 @@ The model name in a request picks the behaviour:
   malformed     200 with a body that is not JSON
   dropped       closes the connection without a reply on a prompt's first attempt, then ok
   truncated     answers with finish_reason "length"
+  plain         like ok, but rejects response_format (400), as servers without structured output do
+Asked for questions about a chunk, ok and plain reply as a chatty API model does: a preamble, numbered
+and bold questions, a "Question N:" label, a heading and a code block; with response_format, ok
+replies with the JSON object the schema asks for. Asked to answer from a text (a system prompt and
+"Text: ... Question: ..."), they quote the sentence the question asks about. A prompt containing "please refuse"
+gets a refusal, "please echo" its own prompt back, "please repeat" the same long answer each time.
+GET /v1/models lists the models above. Only paths under /v1 exist (a base URL without /v1 gets 404).
 With die_after=N, the server answers N requests, then drops every connection (dying mid-run).
-Any request whose Authorization is not "Bearer <key>" gets 401 when a key is set.
+Any request whose Authorization is not "Bearer <key>" gets 401 (echoing the key sent, as some
+servers do) when a key is set.
 Run as a script (`python teacher_server.py PORT [DELAY_S]`) for a separate process.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 import time
@@ -40,6 +49,8 @@ class TeacherServer:
         self.attempts: Counter = Counter()  # (model, prompt) -> requests seen
         self.requests: list[dict] = []  # every request body, in arrival order
         self.headers: list[dict] = []
+        self.gets: list[str] = []  # GET paths (the preflight's /models)
+        self.reject_top_p = False  # True: a top_p other than 1 gets 400, as a server with fewer knobs answers
         self.lock = threading.Lock()
         server = self
 
@@ -51,7 +62,17 @@ class TeacherServer:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                if not self.path.startswith("/v1/"):
+                    return _send(self, 404, {"detail": "Not Found"})
                 server.handle(self, body)
+
+            def do_GET(self):
+                server.gets.append(self.path)
+                if not self.path.startswith("/v1/models"):
+                    return _send(self, 404, {"detail": "Not Found"})
+                if server.unauthorized(self):
+                    return
+                _send(self, 200, {"object": "list", "data": [{"id": m, "object": "model"} for m in SERVED]})
 
         self.httpd = _QuietServer(("127.0.0.1", port), Handler)
         self.port = self.httpd.server_address[1]
@@ -66,6 +87,14 @@ class TeacherServer:
         self.httpd.shutdown()
         self.httpd.server_close()
 
+    def unauthorized(self, handler) -> bool:
+        sent = handler.headers.get("Authorization", "")
+        if self.key is None or sent == f"Bearer {self.key}":
+            return False
+        _send(handler, 401, {"error": {"message": f"Incorrect API key provided: {sent.removeprefix('Bearer ')}",
+                                       "type": "invalid_request_error"}})
+        return True
+
     def prompts(self) -> list[str]:
         return [b["messages"][-1]["content"] for b in self.requests]
 
@@ -78,8 +107,8 @@ class TeacherServer:
             self.requests.append(body)
             self.headers.append(dict(handler.headers))
             served = len(self.requests)
-        if self.key is not None and handler.headers.get("Authorization") != f"Bearer {self.key}":
-            return _send(handler, 401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}})
+        if self.unauthorized(handler):
+            return
         if self.delay:
             time.sleep(self.delay)
         if model == "ratelimit" and first:
@@ -94,19 +123,56 @@ class TeacherServer:
             handler.close_connection = True
             handler.connection.close()
             return
-        if model in ("", "missing"):
+        if model not in SERVED:
             return _send(handler, 404, {"error": {"message": f"The model {model!r} does not exist"}})
+        if model == "plain" and "response_format" in body:
+            return _send(handler, 400, {"error": {"message": "response_format is not supported"}})
+        if self.reject_top_p and body.get("top_p", 1) != 1:
+            return _send(handler, 400, {"error": {"message": "top_p is not supported"}})
         finish = "length" if model == "truncated" else "stop"
-        text = f"The answer to {prompt}"
-        if "questions that the text below answers" in prompt:  # questions from documents
-            chunk = prompt.split("Text:\n", 1)[-1]
-            text = "\n".join(f"{i}. What does the text say about {chunk.split()[i % len(chunk.split())]}?"
-                              for i in range(1, 4))
+        text = _reply(body, prompt)
         _send(handler, 200, {
             "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": model,
             "choices": [{"index": 0, "finish_reason": finish,
                          "message": {"role": "assistant", "content": text}}],
             "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}})
+
+
+SERVED = ("ok", "ratelimit", "error500", "slow", "malformed", "dropped", "truncated", "plain")
+
+
+def _reply(body: dict, prompt: str) -> str:
+    """What a realistic chat model writes for a request."""
+    if "questions that the text below answers" in prompt:  # questions from documents
+        topic = [_topic(sentence) for sentence in _sentences(prompt.split("Text:\n", 1)[-1])] * 3
+        if "response_format" in body:
+            return json.dumps({"questions": [f"What does the text say about {t}?" for t in topic[:3]]})
+        return (f"Here are three questions that the text answers:\n\n## Questions\n\n"
+                f"1. **What does the text say about {topic[0]}?**\n"
+                f"**Question 2:** How is {topic[1]} described in the text?\n"
+                f"```python\nprint('What is this?')\n```\n"
+                f"3) Why does the text mention {topic[2]}?\n"
+                f"4. What does the text say about {topic[0]}?\n\nI hope these help!")
+    if "please refuse" in prompt:
+        return "I'm sorry, but as an AI language model I can't help with that."
+    if "please echo" in prompt:
+        return prompt
+    if "please repeat" in prompt:
+        return "This is the same long answer, written word for word for every prompt that asks for it."
+    if body["messages"][0]["role"] == "system" and "\n\nQuestion: " in prompt:  # answer from the text
+        text, question = prompt.split("Text:\n", 1)[-1].split("\n\nQuestion: ", 1)
+        return "According to the text, " + next((s for s in _sentences(text) if _topic(s) in question),
+                                                _sentences(text)[0])
+    return f"The answer to {prompt}"
+
+
+def _sentences(text: str) -> list[str]:
+    return [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s]
+
+
+def _topic(sentence: str) -> str:
+    """The word a question about this sentence asks after: its first word of more than three letters."""
+    return next((w for w in re.findall(r"[A-Za-z]+", sentence) if len(w) > 3), "it")
 
 
 def _send(handler, status: int, payload: dict, headers: dict | None = None) -> None:

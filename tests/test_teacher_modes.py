@@ -120,8 +120,8 @@ def test_questions_from_documents_end_to_end(tmp_path, tiny_llama_small):
 
     docs = tmp_path / "docs"
     docs.mkdir()
-    (docs / "pods.md").write_text("# Pods\n\nA pod is the smallest deployable unit.\n\nIt holds containers.\n")
-    (docs / "services.txt").write_text("A service exposes pods on a stable address.\n")
+    (docs / "pods.md").write_text("# Pods\n\nA pod is the smallest deployable unit.\n\nContainers share its network.\n")
+    (docs / "services.txt").write_text("A service exposes pods on a stable address. Clients reach it by name.\n")
     with TeacherServer() as server:
         answers = {"teacher_api_base": server.base, "teacher": "ok", "student": str(tiny_llama_small),
                    "dataset": str(docs), "distillation_mode": "responses", "questions_per_chunk": 2,
@@ -133,6 +133,6 @@ def test_questions_from_documents_end_to_end(tmp_path, tiny_llama_small):
     kinds = [line["kind"] for line in lines]
     assert kinds.count("questions") == 2 and kinds.count("answer") == 4  # 2 chunks x 2 questions
     pairs = [json.loads(line) for line in (out / "document_qa.jsonl").read_text().splitlines()]
-    assert len(pairs) == 4 and all(p["answer"] == f"The answer to {p['question']}" for p in pairs)
+    assert len(pairs) == 4 and all(p["answer"].removeprefix("According to the text, ") in p["context"] for p in pairs)
     assert (out / "adapter" / "adapter_config.json").is_file()  # a QLoRA student
     assert (out / "model" / "config.json").is_file()  # merged into a full-precision copy

@@ -30,20 +30,16 @@ class PreparedData:
     heldout: list[dict]  # {"prompt", "reference"} (+ "messages" for chat); [] for plain text
     format: DataFormat
     stats: dict[str, int] = field(default_factory=dict)
+    examples: list[dict] = field(default_factory=list)  # every selected example (training, then held out)
 
 
 def _tokenize(examples: list[dict], plain_text: bool, tokenizer, max_length: int) -> tuple[list[dict], dict[str, int]]:
     """Examples as {"input_ids", "labels", "example", "cut"}; rows whose prompt fills max_length are dropped."""
-    suffix = response_suffix(tokenizer)
     if plain_text:
         prompt_ids = [[] for _ in examples]
-        response_ids = encode_prompt(tokenizer, [ex["text"] + suffix for ex in examples])
+        response_ids = encode_prompt(tokenizer, [ex["text"] + response_suffix(tokenizer) for ex in examples])
     else:
-        rendered = [render_messages_prompt(tokenizer, ex["messages"]) if "messages" in ex
-                    else render_prompt(tokenizer, ex["prompt"]) for ex in examples]
-        prompt_ids = encode_prompt(tokenizer, rendered)
-        # Tokenized apart from the prompt, so the prompt's ids are exactly what generation starts from.
-        response_ids = tokenizer([ex["response"] + suffix for ex in examples], add_special_tokens=False)["input_ids"]
+        prompt_ids, response_ids = _encode_pairs(examples, tokenizer)
     encoded, counts = [], {"truncated": 0, "dropped_too_long": 0}
     for example, prompt, response in zip(examples, prompt_ids, response_ids):
         if len(prompt) >= max_length:
@@ -56,6 +52,21 @@ def _tokenize(examples: list[dict], plain_text: bool, tokenizer, max_length: int
         encoded.append({"input_ids": prompt + response, "labels": [-100] * len(prompt) + response,
                         "example": example, "cut": cut})
     return encoded, counts
+
+
+def _encode_pairs(examples: list[dict], tokenizer) -> tuple[list[list[int]], list[list[int]]]:
+    rendered = [render_messages_prompt(tokenizer, ex["messages"]) if "messages" in ex
+                else render_prompt(tokenizer, ex["prompt"]) for ex in examples]
+    # The response is tokenized apart from the prompt, so the prompt's ids are exactly what generation starts from.
+    responses = tokenizer([ex["response"] + response_suffix(tokenizer) for ex in examples],
+                          add_special_tokens=False)["input_ids"] if examples else []
+    return encode_prompt(tokenizer, rendered) if examples else [], responses
+
+
+def cut_at_max_length(examples: list[dict], tokenizer, max_length: int) -> list[bool]:
+    """Whether each {"prompt", "response"} example's training row runs past max_length."""
+    prompts, responses = _encode_pairs(examples, tokenizer)
+    return [len(p) + len(r) > max_length for p, r in zip(prompts, responses)]
 
 
 def encode_heldout(rows: list[dict], tokenizer, max_length: int) -> list[dict]:
@@ -153,6 +164,7 @@ def prepare(cfg: RunConfig, tokenizer, dataset: str | None = None,
     teacher's, in sequence-level distillation) or drops it (None); held-out references stay."""
     parts = split(cfg, tokenizer, dataset)
     train, held, stats = parts.train, parts.heldout, dict(parts.stats)
+    examples = [e["example"] for e in train + held]  # what a teacher that writes is asked
     if rewrite is not None:
         rewritten = [new for e in train if (new := rewrite(e["example"])) is not None]
         if len(rewritten) < len(train):
@@ -170,7 +182,7 @@ def prepare(cfg: RunConfig, tokenizer, dataset: str | None = None,
     ui.info(f"{_rows(len(train))} to train on ({stats['train_label_tokens']} tokens counted in the loss), "
             f"{len(held)} held out")
     heldout = [] if parts.format.kind == "text" else [_heldout_row(e["example"]) for e in held]
-    return PreparedData(_to_dataset(train), _to_dataset(held), heldout, parts.format, stats)
+    return PreparedData(_to_dataset(train), _to_dataset(held), heldout, parts.format, stats, examples)
 
 
 def _rows(count: int) -> str:

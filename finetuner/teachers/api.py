@@ -3,22 +3,28 @@ hosted APIs), through the official `openai` client.
 
 Requests run concurrently up to `generation_concurrency`. The client itself retries 429 (honouring
 Retry-After), 5xx, timeouts and dropped connections with exponential backoff; what still fails
-becomes one UserError naming the cause. The API key is read from the environment variable named by
-`teacher_api_key_env` and handed to the client only: never printed, logged or written.
+becomes one UserError naming the cause (a status the client does not retry, like 400, is not said to
+have been retried, nor offered --resume). The API key is read from the environment variable named by
+`teacher_api_key_env` and handed to the client only: never printed, logged or written, and redacted
+from any server message shown.
+
+Questions about a document chunk are asked with structured output (`response_format`, a JSON
+schema); a server that rejects it (400/422) is asked again without, for the rest of the run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 from typing import Callable
 
 from finetuner import ui
 from finetuner.config import RunConfig
+from finetuner.teachers.preflight import NO_KEY, EndpointError, cause_of, server_message, api_key, redact
+from finetuner.teachers.questions import RESPONSE_FORMAT
 from finetuner.teachers.response_cache import Reply, Request
 
-NO_KEY = "not-needed"  # local servers ignore the key, but the client insists on one
+_RETRIED = (408, 409, 429)  # and 5xx: the statuses the openai client retries
 
 
 class MalformedReply(Exception):
@@ -29,11 +35,12 @@ class ApiTeacher:
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
         self.identity = {"model": cfg.teacher, "api_base": cfg.teacher_api_base}
+        self.structured = True  # until the server rejects response_format
 
     def _client(self):
         from openai import AsyncOpenAI
 
-        key = os.environ.get(self.cfg.teacher_api_key_env) or NO_KEY
+        key = api_key(self.cfg.teacher_api_key_env) or NO_KEY
         return AsyncOpenAI(base_url=self.cfg.teacher_api_base, api_key=key, max_retries=self.cfg.generation_max_retries,
                            timeout=self.cfg.generation_timeout)
 
@@ -65,47 +72,62 @@ class ApiTeacher:
             await client.close()
 
     async def _ask(self, client, request: Request) -> Reply:
+        import openai
+
         cfg = self.cfg
-        completion = await client.chat.completions.create(
-            model=cfg.teacher, messages=request.as_messages(), max_tokens=cfg.generation_max_new_tokens,
-            temperature=cfg.generation_temperature, top_p=cfg.generation_top_p)
-        return parse_completion(completion)
+        ask = dict(model=cfg.teacher, messages=request.as_messages(), max_tokens=cfg.generation_max_new_tokens,
+                   temperature=cfg.generation_temperature, top_p=cfg.generation_top_p)
+        if request.kind == "questions" and self.structured:
+            try:
+                return parse_completion(await client.chat.completions.create(**ask, response_format=RESPONSE_FORMAT))
+            except (openai.BadRequestError, openai.UnprocessableEntityError):
+                self.structured = False  # this server has no structured output: plain text, strictly parsed
+        return parse_completion(await client.chat.completions.create(**ask))
 
     def _user_error(self, exc: BaseException) -> BaseException:
         """One line a user can act on; anything unrecognised stays a bug with its traceback."""
         import openai
 
         cfg, base = self.cfg, self.cfg.teacher_api_base
-        retried = f"after {cfg.generation_max_retries + 1} attempts"
+        key = api_key(cfg.teacher_api_key_env)
+        retried = f" after {cfg.generation_max_retries + 1} attempts"
         if isinstance(exc, ui.UserError):
             return exc
         if isinstance(exc, openai.APITimeoutError):
-            return ui.UserError(f"the teacher at {base} did not answer within {cfg.generation_timeout:g} s "
-                                f"({retried})", hint="raise generation_timeout, or lower generation_concurrency")
+            return EndpointError(f"the teacher at {base} did not answer within {cfg.generation_timeout:g} s{retried}",
+                                 hint="raise generation_timeout, or lower generation_concurrency", resumable=True)
         if isinstance(exc, openai.APIConnectionError):
-            return ui.UserError(f"can't reach the teacher endpoint {base} ({retried}): {_cause(exc)}",
-                                hint="check that the server is running and teacher_api_base is right "
-                                     "(it usually ends in /v1)")
+            return EndpointError(f"can't reach the teacher endpoint {base}{retried}: {redact(cause_of(exc), key)}",
+                                 hint="check that the server is running and teacher_api_base is right "
+                                      "(it usually ends in /v1)", resumable=True)
         if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
-            return ui.UserError(f"the teacher endpoint {base} refused the API key ({exc.status_code})",
-                                hint=f"put a valid key in the environment variable {cfg.teacher_api_key_env} "
-                                     "(or set teacher_api_key_env to the variable that holds it)")
+            return EndpointError(f"the teacher endpoint {base} refused the API key ({exc.status_code})",
+                                 hint=f"put a valid key in the environment variable {cfg.teacher_api_key_env} "
+                                      "(or set teacher_api_key_env to the variable that holds it)")
         if isinstance(exc, openai.NotFoundError):
-            return ui.UserError(f"model {cfg.teacher!r} is not served at {base} (404)",
-                                hint=f"the served models are listed at {base.rstrip('/')}/models; set teacher "
-                                     "to one of them")
-        if isinstance(exc, openai.RateLimitError):
-            return ui.UserError(f"the teacher endpoint {base} is still rate-limiting (429) {retried}",
-                                hint="lower generation_concurrency, or wait and rerun with --resume")
+            return EndpointError(f"model {cfg.teacher!r} is not served at {base} (404)",
+                                 hint=f"the served models are listed at {base.rstrip('/')}/models; set teacher "
+                                      "to one of them")
         if isinstance(exc, openai.APIStatusError):
-            return ui.UserError(f"the teacher endpoint {base} answered {exc.status_code} {retried}: "
-                                f"{_server_message(exc)}",
-                                hint="check the server's log; rerun with --resume once it answers again")
+            return _status_error(exc, base, retried, key)
         if isinstance(exc, (MalformedReply, openai.APIResponseValidationError, json.JSONDecodeError)):
-            return ui.UserError(f"the teacher endpoint {base} sent a reply that is not a chat completion: "
-                                f"{str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}",
-                                hint="is teacher_api_base an OpenAI-compatible /v1 endpoint?")
+            return EndpointError(f"the teacher endpoint {base} sent a reply that is not a chat completion: "
+                                 f"{str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}",
+                                 hint="is teacher_api_base an OpenAI-compatible /v1 endpoint?")
         return exc
+
+
+def _status_error(exc, base: str, retried: str, key: str | None) -> EndpointError:
+    """A status the client retried (429, 5xx: a rerun may succeed) or did not (400: it will not)."""
+    message = redact(server_message(exc), key)
+    if exc.status_code == 429:
+        return EndpointError(f"the teacher endpoint {base} is still rate-limiting (429){retried}",
+                             hint="lower generation_concurrency, or wait and rerun with --resume", resumable=True)
+    if exc.status_code in _RETRIED or exc.status_code >= 500:
+        return EndpointError(f"the teacher endpoint {base} answered {exc.status_code}{retried}: {message}",
+                             hint="check the server's log; rerun with --resume once it answers again", resumable=True)
+    return EndpointError(f"the teacher endpoint {base} refused a request ({exc.status_code}): {message}",
+                         hint="check teacher and the generation_* settings against what the server accepts")
 
 
 def parse_completion(completion) -> Reply:
@@ -125,19 +147,3 @@ def parse_completion(completion) -> Reply:
 def _first(group: BaseExceptionGroup) -> BaseException:
     exc = group.exceptions[0]
     return _first(exc) if isinstance(exc, BaseExceptionGroup) else exc
-
-
-def _cause(exc: BaseException) -> str:
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
-
-
-def _server_message(exc) -> str:
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict):
-        detail = body.get("error", body.get("detail", body))
-        text = detail.get("message", str(detail)) if isinstance(detail, dict) else str(detail)
-    else:
-        text = getattr(exc, "message", "") or str(exc)
-    return (text.strip().splitlines() or [""])[0][:160]

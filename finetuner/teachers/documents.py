@@ -1,5 +1,10 @@
-"""Questions from documents: split .txt/.md files into chunks by tokens, and ask the teacher for
-questions about each chunk (the answers are then written like any other response)."""
+"""Questions from documents: split .txt/.md files into chunks by tokens; the teacher writes
+questions about each chunk (teachers/questions.py), then answers each one from its chunk.
+
+The answer request carries the chunk and a system prompt asking for an answer from the text alone
+(grounded, not from memory); the student is then trained on question -> answer without the chunk,
+which is what it has to learn. A question the text does not answer gets NOT_IN_TEXT, which the
+refusals filter drops."""
 
 from __future__ import annotations
 
@@ -9,10 +14,13 @@ from pathlib import Path
 from finetuner import ui
 from finetuner.sources import document_files
 
-QUESTION_PROMPT = ("Write {n} different questions that the text below answers. Each question must make "
-                   "sense on its own, without the text. Write one question per line, with no numbering "
-                   "and nothing else.\n\nText:\n{chunk}")
-_LIST_MARK = re.compile(r"^\s*(?:[-*•]|\d+[.)]|Q\d*[:.)])\s*", re.IGNORECASE)
+from finetuner.teachers.response_cache import Request
+
+NOT_IN_TEXT = "NOT IN THE TEXT"
+GROUNDED_SYSTEM = ("Answer the question from the text the user gives, and from nothing else. Quote or "
+                   "closely paraphrase the text, in a complete answer that makes sense without the text. If "
+                   f"the text does not answer the question, reply exactly: {NOT_IN_TEXT}")
+GROUNDED_PROMPT = "Text:\n{chunk}\n\nQuestion: {question}"
 
 
 def read_documents(dataset: str) -> list[tuple[Path, str]]:
@@ -30,6 +38,12 @@ def read_documents(dataset: str) -> list[tuple[Path, str]]:
         raise ui.UserError(f"{dataset} holds no text to write questions from",
                            hint="give a .txt or .md file, or a folder of them, with some text in it")
     return documents
+
+
+def read_chunks(dataset: str, tokenizer, chunk_tokens: int) -> list[tuple[str, str]]:
+    """(source, chunk) for every chunk of every document; source is "FILE#N", N counting from 1."""
+    return [(f"{path.name}#{n}", chunk) for path, text in read_documents(dataset)
+            for n, chunk in enumerate(chunk_text(text, tokenizer, chunk_tokens), 1)]
 
 
 def chunk_text(text: str, tokenizer, chunk_tokens: int) -> list[str]:
@@ -53,11 +67,9 @@ def chunk_text(text: str, tokenizer, chunk_tokens: int) -> list[str]:
     return [c for c in chunks if c]
 
 
-def parse_questions(text: str, limit: int) -> list[str]:
-    """The questions in a teacher's reply: one per line, list marks removed, at most `limit`."""
-    questions = []
-    for line in text.splitlines():
-        line = _LIST_MARK.sub("", line).strip().strip('"').strip()
-        if len(line) > 8 and line not in questions:
-            questions.append(line)
-    return questions[:limit]
+def grounded_request(question: str, chunk: str, system_prompt: str | None = None) -> Request:
+    """Ask for an answer to `question` from `chunk`; the request's prompt (what the student sees) is
+    the question alone."""
+    system = f"{system_prompt}\n\n{GROUNDED_SYSTEM}" if system_prompt else GROUNDED_SYSTEM
+    return Request("answer", question, (("system", system),
+                                        ("user", GROUNDED_PROMPT.format(chunk=chunk, question=question))))

@@ -1,25 +1,35 @@
 """The "generate" stage: the teacher writes the responses a student trains on (distillation_mode
-responses / hybrid), through the resumable cache, with a live progress line and a spend cap.
+responses / hybrid), through the resumable cache (writing.py: progress, spend cap, faults).
 
 For a dataset of prompts, the teacher answers every training and held-out prompt of the run's split;
-for documents (questions_per_chunk > 0), it first writes questions about each chunk, then answers
-them. The stage returns `WrittenResponses`, which the trainer's data preparation applies.
+for documents (questions_per_chunk > 0), it first writes questions about each chunk (questions.py),
+then answers each from its chunk (documents.py). The filters and the summary the user reads
+(outcome.py) decide what is kept; the stage returns `WrittenResponses`, which the trainer's data
+preparation applies.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from finetuner import artifacts, ui
 from finetuner.config import RunConfig
-from finetuner.teachers.response_cache import CACHE_FILE, ResponseCache, Reply, Request
+from finetuner.teachers.outcome import check_enough, record, show, show_spend, sort_out
+from finetuner.teachers.spend import spend
+from finetuner.teachers.questions import parse_questions, question_request
+from finetuner.teachers.response_cache import ResponseCache, Request
+from finetuner.teachers.writing import write_responses
 
-TEACHER_HELDOUT_FILE = "teacher_heldout.jsonl"  # {"prompt", "response"} per held-out row (seam with the benchmark)
-DOCUMENT_QA_FILE = "document_qa.jsonl"  # {"question", "answer"}: what the student learns from documents
+# {"prompt", "response"} per held-out row (+ "context", the chunk, for documents): the seam with the benchmark
+TEACHER_HELDOUT_FILE = "teacher_heldout.jsonl"
+# {"question", "answer", "context", "source"}: what the student learns from documents, and the chunk
+# (and its file) each pair came from, so a judge can score the answer's faithfulness to it
+DOCUMENT_QA_FILE = "document_qa.jsonl"
 
 
 @dataclass
@@ -33,6 +43,7 @@ class WrittenResponses:
     # The local teacher's weights, when hybrid loaded them to write: its logits term reuses them
     # instead of loading the teacher a second time. None otherwise (responses mode frees them).
     model: Any = None
+    cache_path: Path | None = None  # where the responses are, to read or edit
 
 
 def _for_logits(cfg: RunConfig, teacher):
@@ -67,12 +78,6 @@ def answer_request(example: dict, cfg: RunConfig) -> Request:
     return Request("answer", example["prompt"], tuple(turns))
 
 
-def usable(reply: Reply | None, cfg: RunConfig) -> bool:
-    if reply is None or not reply.text.strip():
-        return False
-    return not (cfg.generation_drop_incomplete and reply.finish_reason == "length")
-
-
 # ---- the stage ------------------------------------------------------------------------------
 
 def write_for(cfg: RunConfig, resume_command: str) -> WrittenResponses:
@@ -83,81 +88,106 @@ def write_for(cfg: RunConfig, resume_command: str) -> WrittenResponses:
     return generate_stage(cfg, models.load_tokenizer(cfg.student), resume_command)
 
 
+def open_cache(cfg: RunConfig, identity: dict) -> ResponseCache:
+    """The response cache: in output_dir, or the generation_cache directory shared across runs."""
+    return ResponseCache.open(Path(cfg.generation_cache or cfg.output_dir).expanduser(), identity, settings_of(cfg))
+
+
 def generate_stage(cfg: RunConfig, student_tokenizer, resume_command: str) -> WrittenResponses:
-    out = Path(cfg.output_dir)
     teacher = open_teacher(cfg)
-    cache = ResponseCache.open(out, teacher.identity, settings_of(cfg))
+    cache = open_cache(cfg, teacher.identity)
     if cache.replies:
         ui.info(f"{len(cache.replies)} responses from {cfg.teacher} with these settings are already in "
                 f"{cache.path}; only the missing ones are requested")
-    if cfg.questions_per_chunk:
-        return _from_documents(cfg, teacher, cache, student_tokenizer, resume_command)
-    return _from_prompts(cfg, teacher, cache, student_tokenizer, resume_command)
+    started = time.perf_counter()
+    make = _from_documents if cfg.questions_per_chunk else _from_prompts
+    written, outcome, used = make(cfg, teacher, cache, student_tokenizer, resume_command)
+    show(outcome, cfg, cache.path)
+    figures = spend(cfg, [cache.replies[k] for k in used if k in cache.replies], cache.added,
+                    time.perf_counter() - started)
+    show_spend(figures)
+    record(cfg.output_dir, cfg, outcome, figures)
+    check_enough(outcome, cfg, cache.path, resume_command)
+    written.model = _for_logits(cfg, teacher)
+    written.cache_path = cache.path
+    return written
 
 
-def _from_prompts(cfg, teacher, cache, tokenizer, resume_command) -> WrittenResponses:
+def _from_prompts(cfg, teacher, cache, tokenizer, resume_command):
     from finetuner.data.preparing import split
 
     parts = split(cfg, tokenizer)
     train = [answer_request(e["example"], cfg) for e in parts.train]
     held = [answer_request(e["example"], cfg) for e in parts.heldout]
     write_responses(cfg, teacher, cache, train + held, resume_command)
-    kept = [r for r in train if usable(cache.replies.get(r.key), cfg)]
-    _report_kept(cfg, len(kept), len(train), cache)
-    _write_teacher_heldout(cfg, teacher, cache, [e["example"]["prompt"] for e in parts.heldout], held)
+    rows = [(e["example"], cache.replies.get(r.key), e["example"].get("response")) for e, r in zip(parts.train, train)]
+    outcome = sort_out(cfg, tokenizer, rows, "responses")
+    kept = {r.key for r, reason in zip(train, outcome.reasons) if reason is None}
+    _write_teacher_heldout(cfg, cache, [e["example"]["prompt"] for e in parts.heldout], held)
 
     def rewrite(example: dict) -> dict | None:
-        reply = cache.replies.get(answer_request(example, cfg).key)
-        if not usable(reply, cfg):
+        request = answer_request(example, cfg)
+        if request.key not in kept:
             return None
-        return {**{k: v for k, v in example.items() if k != "response"}, "response": reply.text.strip()}
+        return {**{k: v for k, v in example.items() if k != "response"}, "response": cache.replies[request.key].text.strip()}
 
-    show_samples([(r.prompt, cache.replies[r.key].text) for r in kept])
-    return WrittenResponses(None, rewrite, len(kept), len(train) - len(kept), model=_for_logits(cfg, teacher))
+    written = WrittenResponses(None, rewrite, outcome.kept, outcome.total - outcome.kept)
+    return written, outcome, [r.key for r in train + held]
 
 
-def _from_documents(cfg, teacher, cache, tokenizer, resume_command) -> WrittenResponses:
-    from finetuner.teachers.documents import QUESTION_PROMPT, chunk_text, parse_questions, read_documents
+def _from_documents(cfg, teacher, cache, tokenizer, resume_command):
+    from finetuner.teachers.documents import grounded_request, read_chunks
 
-    chunks = [c for _, text in read_documents(cfg.dataset) for c in chunk_text(text, tokenizer, cfg.chunk_tokens)]
+    chunks = read_chunks(cfg.dataset, tokenizer, cfg.chunk_tokens)
     ui.info(f"{len(chunks)} document chunks of up to {cfg.chunk_tokens} tokens; "
             f"{cfg.questions_per_chunk} questions each")
-    asks = [Request("questions", chunk, (("user", QUESTION_PROMPT.format(n=cfg.questions_per_chunk, chunk=chunk)),))
-            for chunk in chunks]
+    asks = [question_request(text, cfg.questions_per_chunk) for _, text in chunks]
     write_responses(cfg, teacher, cache, asks, resume_command, what="questions")
-    questions = [q for a in asks if a.key in cache.replies
-                 for q in parse_questions(cache.replies[a.key].text, cfg.questions_per_chunk)]
-    questions = list(dict.fromkeys(questions))[:cfg.max_samples]
-    if not questions:
+    per_chunk = [parse_questions(cache.replies[a.key].text, cfg.questions_per_chunk) if a.key in cache.replies else []
+                 for a in asks]
+    found = unique_questions(chunks, per_chunk, cfg.max_samples)
+    show_question_counts(per_chunk, cfg.questions_per_chunk, len(found))
+    if not found:
         raise ui.UserError(f"the teacher wrote no usable questions about {cfg.dataset}",
                            hint=f"read its replies in {cache.path}; a stronger teacher or larger chunk_tokens helps")
-    answers = [answer_request({"prompt": q}, cfg) for q in questions]
+    answers = [grounded_request(q, text, cfg.generation_system_prompt) for q, (_, text) in found]
     write_responses(cfg, teacher, cache, answers, resume_command, what="answers")
-    pairs = [{"question": r.prompt, "answer": cache.replies[r.key].text.strip()}
-             for r in answers if usable(cache.replies.get(r.key), cfg)]
-    _report_kept(cfg, len(pairs), len(answers), cache)
-    if not pairs:
-        raise ui.UserError("no question got a usable answer from the teacher",
-                           hint=f"read the replies in {cache.path}; raise generation_max_new_tokens")
+    rows = [({"prompt": r.prompt}, cache.replies.get(r.key), None) for r in answers]
+    outcome = sort_out(cfg, tokenizer, rows, "answers")
+    pairs = [{"question": r.prompt, "answer": cache.replies[r.key].text.strip(), "context": text, "source": source}
+             for r, (_, (source, text)), reason in zip(answers, found, outcome.reasons) if reason is None]
     path = artifacts.write_text_atomic(Path(cfg.output_dir) / DOCUMENT_QA_FILE,
                                        "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
-    ui.info(f"{len(pairs)} question/answer pairs written to {path}")
+    if pairs:
+        ui.info(f"{len(pairs)} question/answer pairs written to {path} (with the chunk each came from)")
     if cfg.teacher_api_base:  # the held-out references are the teacher's own answers
         artifacts.write_text_atomic(Path(cfg.output_dir) / TEACHER_HELDOUT_FILE, "".join(
-            json.dumps({"prompt": p["question"], "response": p["answer"]}, ensure_ascii=False) + "\n"
-            for p in pairs))
-    show_samples([(p["question"], p["answer"]) for p in pairs])
-    return WrittenResponses(str(path), None, len(pairs), len(answers) - len(pairs), model=_for_logits(cfg, teacher))
+            json.dumps({"prompt": p["question"], "response": p["answer"], "context": p["context"]},
+                       ensure_ascii=False) + "\n" for p in pairs))
+    written = WrittenResponses(str(path), None, len(pairs), len(answers) - len(pairs))
+    return written, outcome, [r.key for r in asks + answers]
 
 
-def _report_kept(cfg: RunConfig, kept: int, total: int, cache: ResponseCache) -> None:
-    if kept < total:
-        why = "empty, cut off at the length limit or not written" if cfg.generation_drop_incomplete \
-            else "empty or not written"
-        ui.warning(f"{total - kept} of {total} training responses left out ({why}); see {cache.path}")
+def unique_questions(chunks, per_chunk, limit: int) -> list[tuple[str, tuple[str, str]]]:
+    """(question, (source, chunk)) in chunk order; a question two chunks share is asked once."""
+    found, seen = [], set()
+    for chunk, questions in zip(chunks, per_chunk):
+        for question in questions:
+            if question.casefold() not in seen:
+                seen.add(question.casefold())
+                found.append((question, chunk))
+    return found[:limit]
 
 
-def _write_teacher_heldout(cfg, teacher, cache, prompts: list[str], held: list[Request]) -> None:
+def show_question_counts(per_chunk: list[list[str]], asked: int, used: int) -> None:
+    """How many questions per chunk survived the parser: "3 in 5 chunks, 1 in 1, 0 in 2"."""
+    counts = Counter(len(q) for q in per_chunk)
+    spread = ", ".join(f"{n} in {c} chunk{'s' * (c > 1)}" if i == 0 else f"{n} in {c}"
+                       for i, (n, c) in enumerate(sorted(counts.items(), reverse=True)))
+    ui.info(f"Questions kept per chunk (asked for {asked}): {spread}; {used} questions to answer")
+
+
+def _write_teacher_heldout(cfg, cache, prompts: list[str], held: list[Request]) -> None:
     """The teacher's answers to the held-out prompts, so the benchmark can score an API teacher (no
     weights) and compare the student with it (fidelity)."""
     if not cfg.teacher_api_base:
@@ -166,101 +196,3 @@ def _write_teacher_heldout(cfg, teacher, cache, prompts: list[str], held: list[R
             for p, r in zip(prompts, held)]
     artifacts.write_text_atomic(Path(cfg.output_dir) / TEACHER_HELDOUT_FILE,
                                 "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-
-
-def show_samples(pairs: list[tuple[str, str]], count: int = 3) -> None:
-    """A few of the teacher's responses, to read before training on them."""
-    if not pairs:
-        return
-    ui.step(f"{min(count, len(pairs))} of the teacher's responses (all are in {CACHE_FILE})")
-    for prompt, response in pairs[:count]:
-        ui.info(f"  prompt:   {_one_line(prompt)}")
-        ui.info(f"  response: {_one_line(response)}")
-
-
-def _one_line(text: str, width: int = 160) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[:width - 1] + "…"
-
-
-# ---- generating, with progress, spend cap and faults --------------------------------------
-
-def write_responses(cfg: RunConfig, teacher, cache: ResponseCache, requests: list[Request],
-                    resume_command: str, what: str = "responses") -> None:
-    """Ask the teacher for every request the cache lacks; each reply is cached as it arrives."""
-    todo = cache.missing(requests)
-    if not todo:
-        return
-    cap = cfg.generation_token_budget
-    stop = (lambda: cache.tokens_spent >= cap) if cap is not None else (lambda: False)
-    before = len(cache.replies)
-    progress = GenerationProgress(len(todo), what)
-
-    def on_reply(request: Request, reply: Reply) -> None:
-        cache.add(request, reply)
-        progress.advance(reply)
-
-    try:
-        with progress:
-            if not stop():
-                teacher.generate(todo, on_reply, stop)
-    except ui.UserError as err:
-        arrived = len(cache.replies) - before
-        raise ui.UserError(f"{err.message}; {arrived} of {len(todo)} {what} arrived and are kept in {cache.path}",
-                           hint=f"{err.hint + '; then ' if err.hint else ''}finish with:  {resume_command}") from None
-    except KeyboardInterrupt:
-        ui.warning(f"Interrupted; {len(cache.replies) - before} {what} kept in {cache.path}. "
-                   f"Finish with:  {resume_command}")
-        raise
-    missing = len(cache.missing(requests))
-    if missing and stop():
-        message = (f"spend cap reached: {cache.tokens_spent:,} of generation_token_budget {cap:,} tokens "
-                   f"used; {missing} of {len(requests)} {what} were not requested")
-        if cfg.generation_on_budget == "stop":
-            raise ui.UserError(message + f"; what arrived is kept in {cache.path}",
-                               hint=f"raise generation_token_budget and finish with:  {resume_command}")
-        ui.warning(message + "; training goes on with what arrived (generation_on_budget: train)")
-
-
-class GenerationProgress:
-    """done/total, tokens in and out, requests/s: a rich bar on a terminal, plain lines otherwise."""
-
-    def __init__(self, total: int, what: str, interactive: bool | None = None):
-        self.total, self.what = total, what
-        self.interactive = ui.is_interactive() if interactive is None else interactive
-        self.done = self.tokens_in = self.tokens_out = 0
-        self.started = time.perf_counter()
-        self._bar = self._task = None
-        self._next_line = 0
-
-    def __enter__(self) -> "GenerationProgress":
-        self.started = time.perf_counter()
-        if self.interactive:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._bar = Progress(TextColumn(f"[bold]teacher {self.what}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeRemainingColumn(), TextColumn("{task.description}"), console=ui.console)
-            self._bar.start()
-            self._task = self._bar.add_task("", total=self.total)
-        else:
-            ui.info(f"teacher {self.what}: {self.total} to request")
-        return self
-
-    def describe(self) -> str:
-        elapsed = max(time.perf_counter() - self.started, 1e-9)
-        return (f"{self.tokens_in:,} tokens in, {self.tokens_out:,} out, "
-                f"{self.done / elapsed:.1f} requests/s")
-
-    def advance(self, reply: Reply) -> None:
-        self.done += 1
-        self.tokens_in += reply.prompt_tokens
-        self.tokens_out += reply.completion_tokens
-        if self._bar is not None:
-            self._bar.update(self._task, completed=self.done, description=self.describe())
-        elif self.done >= self._next_line or self.done == self.total:
-            ui.info(f"teacher {self.what} {self.done}/{self.total}  {self.describe()}")
-            self._next_line = self.done + max(1, self.total // 10)
-
-    def __exit__(self, *exc) -> None:
-        if self._bar is not None:
-            self._bar.stop()

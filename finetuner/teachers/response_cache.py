@@ -1,6 +1,7 @@
 """The response cache: the teacher's responses, one JSON line each, appended as they arrive.
 
-OUTPUT_DIR/teacher_responses.jsonl, one object per line:
+OUTPUT_DIR/teacher_responses.jsonl (or GENERATION_CACHE/teacher_responses.jsonl, a directory shared
+by many runs: one teacher pass feeds many students), one object per line:
   {"key": str,                 # sha1 of the request (kind + messages); what a rerun looks up
    "kind": "answer" | "questions",
    "prompt": str,              # the user turn the teacher answered
@@ -57,6 +58,7 @@ class ResponseCache:
     teacher: dict
     settings: dict
     replies: dict[str, Reply] = field(default_factory=dict)
+    added: list[Reply] = field(default_factory=list)  # the replies this process requested
 
     @classmethod
     def open(cls, out_dir: Path, teacher: dict, settings: dict) -> "ResponseCache":
@@ -106,3 +108,4 @@ class ResponseCache:
             handle.flush()
             os.fsync(handle.fileno())
         self.replies[request.key] = reply
+        self.added.append(reply)

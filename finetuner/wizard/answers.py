@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from finetuner import ui
+from finetuner import distributed, ui
 from finetuner.config import FIELD_NAMES
 from finetuner.wizard.questions import HUB_TOKEN, QUESTIONS, Answers
 
@@ -105,3 +105,12 @@ def parse_overrides(items: list[str]) -> Answers:
             raise ui.UserError(f"--set {item!r} is not KEY=VALUE", hint="e.g. --set epochs=1")
         overrides[key.strip()] = value
     return overrides
+
+
+def answers_kept(err: ui.UserError, out_dir: str, answers: Answers) -> ui.UserError:
+    """A check after the questions failed: the answers typed are saved, and the error says how to replay them."""
+    if not ui.can_ask() or not distributed.is_main_process():
+        return err  # nothing was typed: the answers are in the file and --set given
+    saved = save_answers(answers_path(out_dir), answers)
+    replay = f"your answers are saved; fix the setting (--set KEY=VALUE, or in the file) and run:  {replay_command(saved)}"
+    return ui.UserError(err.message, hint=f"{err.hint}; {replay}" if err.hint else replay, details=err.details)

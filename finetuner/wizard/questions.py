@@ -242,6 +242,14 @@ QUESTIONS: tuple[Question, ...] = (
     Question("generation_timeout", "Seconds to wait for one API reply", ask=False),
     Question("generation_max_retries", "Retries of a failed API request (with backoff)", ask=False),
     Question("chunk_tokens", "Document chunk size (tokens)", ask=False),
+    Question("generation_filters", "Filters on the teacher's responses: duplicates, refusals, echoes, verified, "
+             "or none", ask=False),
+    Question("generation_min_kept", "Stop before training when a smaller share of responses is kept (0 = go on)",
+             ask=False),
+    Question("generation_cache", "A response directory shared across runs (Enter: in the output directory)",
+             ask=False),
+    Question("generation_price_in", "Price per million prompt tokens, for the cost estimate", ask=False),
+    Question("generation_price_out", "Price per million completion tokens, for the cost estimate", ask=False),
 )
 
 # The Hub token is asked only when no token is configured, and never saved.

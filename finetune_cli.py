@@ -114,6 +114,7 @@ def plan_stage(args: argparse.Namespace, cfg: RunConfig, secrets: dict):
     """Check, show the plan, and ask "Start?" until the user starts (returns the config, secrets,
     checked data and estimate to run with) or stops (None: a dry run, or "not now")."""
     from finetuner import plan
+    from finetuner.benchmark.judge import check_judge_endpoint
     from finetuner.teachers.estimate import check_teacher_endpoint
 
     while True:
@@ -121,6 +122,7 @@ def plan_stage(args: argparse.Namespace, cfg: RunConfig, secrets: dict):
         try:
             # One request to an API teacher: a wrong model, URL or key stops here, not minutes later.
             check_teacher_endpoint(cfg, warn_only=args.dry_run)
+            check_judge_endpoint(cfg, warn_only=args.dry_run)
             checked, estimate = plan.check_and_show(cfg, args.dry_run)
         except ui.UserError as err:
             raise answers_kept(err, cfg.output_dir, cfg.to_answers()) from None

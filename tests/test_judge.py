@@ -157,3 +157,18 @@ def test_benchmark_only_retries_the_judging_alone_from_the_saved_answers(tmp_pat
         with pytest.raises(UserError, match="holds no trained model"):
             benchmark_output(cfg, tmp_path)
     assert "Scoring the answers saved in" in capsys.readouterr().out
+
+
+def test_a_wrong_judge_model_is_one_line_before_the_plan(tmp_path, tiny_llama, qa_file, capsys):
+    import finetune_cli
+
+    sets = {"approach": "fine-tuning", "model": str(tiny_llama), "dataset": str(qa_file), "max_samples": 16,
+            "output_dir": str(tmp_path / "out"), "benchmark_samples": 2}
+    with JudgeServer() as server:
+        sets.update(judge_api_base=server.base, judge_model="missing")
+        argv = [arg for key, value in sets.items() for arg in ("--set", f"{key}={value}")]
+        assert finetune_cli.main(argv + ["--defaults", "--yes"]) == 1
+        assert server.gets == ["/v1/models"]  # then one completion, refused
+    captured = capsys.readouterr()
+    assert "model 'missing' is not served" in captured.err and "judge_model" in captured.err
+    assert "Traceback" not in captured.err + captured.out and "Plan" not in captured.out

@@ -140,3 +140,21 @@ def _ask_all(cfg, cache: ResponseCache, todo: list[Request], advance, out_dir) -
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
+
+
+def check_judge_endpoint(cfg, warn_only: bool = False) -> None:
+    """One request to the judge before "Start?": a wrong judge model, URL or key is said now, as one
+    line, not after training (a dry run, whose judge may not be up yet, only warns)."""
+    from finetuner.config import applies
+    from finetuner.teachers.preflight import FIRST_REPLY_TIMEOUT, check_endpoint
+
+    if not (cfg.judge_api_base and applies("judge_api_base", cfg)):
+        return
+    timeout = min(FIRST_REPLY_TIMEOUT, cfg.generation_timeout)
+    ui.step(f"Checking the judge endpoint {cfg.judge_api_base} (one request; first-reply timeout {timeout:g} s)")
+    problem = check_endpoint(cfg.judge_api_base, cfg.judge_model, cfg.judge_api_key_env, setting="judge",
+                             timeout=timeout)
+    if problem is not None and warn_only:
+        ui.warning(f"{problem.message} ({problem.hint})")
+    elif problem is not None:
+        raise problem

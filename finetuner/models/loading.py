@@ -7,6 +7,8 @@ instead of a causal LM) becomes a UserError with a hint.
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import hashlib
 import os
 import shutil
@@ -192,12 +194,19 @@ def _builtin_tokenizer(name: str):
     return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
 
 
+@functools.lru_cache(maxsize=None)
+def _gguf_config(name: str):
+    """The built-in's config read from its GGUF (about 4 s: the whole header is parsed), once a process;
+    the plan asks for it several times before the first conversion."""
+    gguf = sources.builtin_model_file(name)
+    return AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
 def load_config(name: str):
     """The model's config, checked to be a causal LM; reads no weights."""
     try:
         if sources.model_kind(name) == "builtin" and not (_builtin_cache_dir(name) / "config.json").is_file():
-            gguf = sources.builtin_model_file(name)
-            config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            config = copy.deepcopy(_gguf_config(name))
         else:
             config = AutoConfig.from_pretrained(resolve_model_path(name))
     except UserError:

@@ -157,6 +157,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, tiny_llama, qa_fi
         torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow  # three kills at random points and resumes (about 40 s); test_interrupted_run_resumes_to_the_same_weights stays in the quick set
 def test_sigkill_at_random_points_then_resume_matches(tmp_path, tiny_llama, qa_file):
     """SIGKILL gives no chance to save: resume must pick the newest *complete* checkpoint."""
     import random

@@ -188,18 +188,43 @@ def _builtin_tokenizer(name: str):
     cached = _builtin_cache_dir(name)
     if (cached / "config.json").is_file():
         return AutoTokenizer.from_pretrained(cached)
-    # Reading just the tokenizer from the GGUF takes ~4 s; converting the weights takes ~20 s,
-    # and the tokenizer check should fail fast, before any weights are touched.
+    # Converting the weights takes ~20 s, and the tokenizer check should fail fast, before any
+    # weights are touched: read the tokenizer alone.
     gguf = sources.builtin_model_file(name)
-    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    return _without_weights(name, "tokenizer", AutoTokenizer.from_pretrained,
+                            lambda: AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name))
 
 
 @functools.lru_cache(maxsize=None)
 def _gguf_config(name: str):
-    """The built-in's config read from its GGUF (about 4 s: the whole header is parsed), once a process;
-    the plan asks for it several times before the first conversion."""
+    """The built-in's config before its conversion, once a process (the plan asks for it several times)."""
     gguf = sources.builtin_model_file(name)
-    return AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    return _without_weights(name, "config", AutoConfig.from_pretrained,
+                            lambda: AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name))
+
+
+def _without_weights(name: str, what: str, load, parse):
+    """The built-in's config or tokenizer before its first conversion. Parsing either from the GGUF
+    takes ~4 s, so the first parse is saved (kilobytes) beside the model cache and every later check,
+    in any process, loads that copy."""
+    converted = _builtin_cache_dir(name)
+    saved = converted.with_name(f"{converted.name}.{what}")
+    if saved.is_dir():
+        try:
+            return load(saved)
+        except _LOAD_ERRORS:
+            pass  # damaged by hand: parse the GGUF again
+    value = parse()
+    staging = None
+    try:
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{saved.name}-", dir=saved.parent))
+        value.save_pretrained(staging)
+        os.rename(staging, saved)  # atomic: readers see no copy or a whole one
+    except OSError:  # a read-only cache, or another process saved it first: the parsed value serves
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    return value
 
 
 def load_config(name: str):

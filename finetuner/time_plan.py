@@ -210,6 +210,7 @@ def baseline(cfg: RunConfig, recipe: Recipe, data, rates: Rates) -> Phase | None
 def benchmark(cfg: RunConfig, recipe: Recipe, data, rates: Rates) -> Phase | None:
     """Each model compared answers every benchmarked prompt, max_new_tokens steps a batch, and its
     decoding speed is measured on one more batch; a forward over the references gives perplexity."""
+    from finetuner.benchmark import speculative, speed
     from finetuner.benchmark.cost import SPEED_TOKENS
     from finetuner.benchmark.measure import ANSWER_BATCH
 
@@ -226,13 +227,23 @@ def benchmark(cfg: RunConfig, recipe: Recipe, data, rates: Rates) -> Phase | Non
         compared.append(teacher)
     if recipe.distils and cfg.sft_baseline:
         compared.append(trained)
-    steps = math.ceil(prompts / ANSWER_BATCH) * cfg.max_new_tokens + min(cfg.max_new_tokens, SPEED_TOKENS) + 2
+    speed_steps = speed.REPEATS * min(cfg.max_new_tokens, SPEED_TOKENS)  # best of alternate timings
+    steps = math.ceil(prompts / ANSWER_BATCH) * cfg.max_new_tokens + speed_steps + 2
     reference_tokens = prompts * cfg.max_length / 2
     seconds = sum(steps * rates.decode_seconds_per_param * params
                   + 2 * params * reference_tokens / rates.flops_per_second + params * 4 / LOAD_BYTES_PER_SECOND
                   for params in compared)
+    if len(compared) > 2 and _drafts(cfg, recipe):  # the teacher alone, then with the student drafting
+        draft_steps = speculative.PROMPTS * speculative.REPEATS * min(cfg.max_new_tokens, speculative.MAX_NEW_TOKENS)
+        seconds += draft_steps * rates.decode_seconds_per_param * (2 * compared[2] + trained)
     return Phase("benchmark", seconds, f"{len(compared)} models x {prompts} answers x up to "
                                        f"{cfg.max_new_tokens} tokens")
+
+
+def _drafts(cfg: RunConfig, recipe: Recipe) -> bool:
+    """The speculative benchmark will run: asked for, or (auto) a student derived from its teacher."""
+    return cfg.speculative_benchmark == "true" or (cfg.speculative_benchmark == "auto"
+                                                   and recipe.trained == recipe.teacher)
 
 
 # ---- the rates --------------------------------------------------------------------------------

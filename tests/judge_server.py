@@ -18,13 +18,7 @@ from teacher_server import TeacherServer, _send
 
 class JudgeServer(TeacherServer):
     def handle(self, handler, body: dict) -> None:
-        model = body.get("model", "")
-        prompt = body.get("messages", [{}])[-1].get("content", "")
-        with self.lock:
-            self.attempts[(model, prompt)] += 1
-            first = self.attempts[(model, prompt)] == 1
-            self.requests.append(body)
-            self.headers.append(dict(handler.headers))
+        model, prompt, first, _ = self.record(handler, body)
         if self.key is not None and handler.headers.get("Authorization") != f"Bearer {self.key}":
             return _send(handler, 401, {"error": {"message": "Incorrect API key provided"}})
         if model == "missing":

@@ -98,15 +98,18 @@ class TeacherServer:
     def prompts(self) -> list[str]:
         return [b["messages"][-1]["content"] for b in self.requests]
 
-    def handle(self, handler, body: dict) -> None:
+    def record(self, handler, body: dict) -> tuple[str, str, bool, int]:
+        """Count a request: (model, last message, whether it is that pair's first attempt, requests so far)."""
         model = body.get("model", "")
         prompt = body.get("messages", [{}])[-1].get("content", "")
         with self.lock:
             self.attempts[(model, prompt)] += 1
-            first = self.attempts[(model, prompt)] == 1
             self.requests.append(body)
             self.headers.append(dict(handler.headers))
-            served = len(self.requests)
+            return model, prompt, self.attempts[(model, prompt)] == 1, len(self.requests)
+
+    def handle(self, handler, body: dict) -> None:
+        model, prompt, first, served = self.record(handler, body)
         if self.unauthorized(handler):
             return
         if self.delay:

@@ -12,13 +12,12 @@ the rest of the benchmark: one line says why and how to retry.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from finetuner import ui
 from finetuner.benchmark import rubric
 from finetuner.benchmark.uncertainty import mean_interval
-from finetuner.teachers.api import NO_KEY, ApiTeacher, MalformedReply, parse_completion
+from finetuner.teachers.api import ApiTeacher, MalformedReply, parse_completion
 from finetuner.teachers.response_cache import Reply, Request, ResponseCache
 
 JUDGE_FILE = "judgements.jsonl"
@@ -31,13 +30,7 @@ class ApiJudge(ApiTeacher):
     def __init__(self, cfg):
         self.cfg = cfg
         self.identity = {"model": cfg.judge_model, "api_base": cfg.judge_api_base}
-
-    def _client(self):
-        from openai import AsyncOpenAI
-
-        key = os.environ.get(self.cfg.judge_api_key_env) or NO_KEY
-        return AsyncOpenAI(base_url=self.cfg.judge_api_base, api_key=key, max_retries=self.cfg.generation_max_retries,
-                           timeout=self.cfg.generation_timeout)
+        self.key_variable = cfg.judge_api_key_env  # the client is ApiTeacher's, pointed at the judge
 
     async def _ask(self, client, request: Request) -> Reply:
         completion = await client.chat.completions.create(model=self.cfg.judge_model, messages=request.as_messages(),

@@ -35,13 +35,14 @@ class ApiTeacher:
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
         self.identity = {"model": cfg.teacher, "api_base": cfg.teacher_api_base}
+        self.key_variable = cfg.teacher_api_key_env
         self.structured = True  # until the server rejects response_format
 
     def _client(self):
         from openai import AsyncOpenAI
 
-        key = api_key(self.cfg.teacher_api_key_env) or NO_KEY
-        return AsyncOpenAI(base_url=self.cfg.teacher_api_base, api_key=key, max_retries=self.cfg.generation_max_retries,
+        key = api_key(self.key_variable) or NO_KEY
+        return AsyncOpenAI(base_url=self.identity["api_base"], api_key=key, max_retries=self.cfg.generation_max_retries,
                            timeout=self.cfg.generation_timeout)
 
     def generate(self, requests: list[Request], on_reply: Callable[[Request, Reply], None],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from dataclasses import dataclass
 
@@ -160,6 +161,7 @@ def derive_student(model, keep_layers: int, kept: list[int] | None = None):
     student.generation_config = copy.deepcopy(model.generation_config)
     return student
 
+@functools.lru_cache(maxsize=64)  # the plan, its time estimate and the size note each ask, for the same models
 def parameter_count(name: str, keep_layers: int | None = None) -> int:
     """Parameters of `name` (with only `keep_layers` decoder layers, for a derived student)."""
     from accelerate import init_empty_weights

@@ -18,7 +18,8 @@ Wall times are of trainer.train() (and of the build), not of loading the student
     python benchmarks/teacher_cache.py --quality-only --samples 24   # a few minutes on 2 cores
 
 reports only the quality of the cached objective against the full-logit one (no timings), for the
-old default (top-64, the tail as one bucket) and the new one (top-32 plus TAIL_SAMPLES ids drawn from
+old default (top-64, the tail as one bucket), top-32 plus TAIL_SAMPLES independent draws from the tempered
+tail, and the new default (top-32 plus TAIL_SAMPLES systematic draws from
 the tempered tail), at T 1 and T 2, on the untrained derived student and the training rows: the
 teacher mass the top k keep (tempered), the cached KL over the full KL, and the cosine between the
 cached and full gradients at the student's last hidden states (of the distillation term alone, and
@@ -215,7 +216,10 @@ def run_study(args, out: str) -> dict:
     return result
 
 
-SCHEMES = {"old default: top-64, tail bucket": (64, 0), "new default: top-32 + tail samples": (32, None)}
+SCHEMES = {"old default: top-64, tail bucket": (64, 0, False),
+           "top-32 + 128 independent tail draws (previous default)": (32, 128, False),
+           "top-32 + 128 systematic tail draws": (32, 128, True),
+           "new default: top-8 + 176 systematic tail draws": (8, None, True)}
 
 
 def run_quality(args, out: str) -> dict:
@@ -252,13 +256,13 @@ def run_quality(args, out: str) -> dict:
             batches.append((s_hidden, t_hidden, batch["labels"], t_head(t_hidden[:, :-1][mask])[:, :vocab].float()))
     results = []
     for temperature in (1.0, 2.0):
-        for name, (k, samples) in SCHEMES.items():
+        for name, (k, samples, systematic) in SCHEMES.items():
             samples = topk_cache.TAIL_SAMPLES if samples is None else samples
             full_kl = cached_kl = kept = count = 0.0
             grads = {alpha: ([], []) for alpha in (0.0, cfg.alpha)}
             for number, (s_hidden, t_hidden, labels, t_logits) in enumerate(batches):
                 uniforms = torch.rand(len(t_logits), samples, generator=torch.Generator().manual_seed(number))
-                entries = teacher_topk(t_logits, k, temperature, uniforms if samples else None)
+                entries = teacher_topk(t_logits, k, temperature, uniforms if samples else None, systematic)
                 n = len(t_logits)
                 kept, count = kept + kept_mass(entries, temperature) * n, count + n
                 for alpha, (full_grads, cached_grads) in grads.items():
@@ -276,7 +280,7 @@ def run_quality(args, out: str) -> dict:
                 return round(float(torch.nn.functional.cosine_similarity(torch.cat(pair[0]), torch.cat(pair[1]), 0)), 5)
 
             results.append({"temperature": temperature, "scheme": name, "k": k, "tail_samples": samples,
-                            "bytes_per_token": topk_cache.bytes_per_token(k, vocab) if samples else
+                            "bytes_per_token": topk_cache.bytes_per_token(k, vocab, samples) if samples else
                             k * (topk_cache.LOGPROB_BYTES + 4) + 4,
                             "kept_mass": round(kept / count, 4), "kl_cached_over_full": round(cached_kl / full_kl, 4),
                             "grad_cosine_distillation_term": cosine(grads[0.0]),

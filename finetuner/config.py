@@ -67,7 +67,7 @@ class RunConfig:
     hub_private: bool = True
     # Teacher cache: the teacher's top-k per counted position, written once to a directory
     teacher_cache: Optional[str] = None
-    teacher_top_k: int = 32
+    teacher_top_k: int = 8
     # What the student learns from: the divergence, on-policy batches, hidden states
     divergence: str = "forward_kl"
     jsd_beta: float = 0.5  # TRL generalized_jsd_loss beta: 0 forward KL, 1 reverse KL

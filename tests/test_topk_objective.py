@@ -120,6 +120,23 @@ def test_tail_samples_make_the_cached_kl_and_gradient_unbiased():
     assert cosine(bucket_grad.flatten(), full_grad.flatten(), 0) < cosine(sampled_grad.flatten(), full_grad.flatten(), 0)
 
 
+def test_systematic_tail_draws_take_each_id_its_expected_count_rounded():
+    """Systematic draws: an id expected m P_j / P_tail times is drawn that many times rounded down or
+    up, never by luck (independent draws miss or repeat ids far more)."""
+    _, teacher, labels = batch(vocab=60, seed=5)
+    mask, _ = select_targets(labels)
+    rows, m = teacher[:, :-1][mask] / 3, 64
+    uniforms = torch.rand(len(rows), m, generator=torch.Generator().manual_seed(1))
+    entries = teacher_topk(rows, 4, 2.0, uniforms)
+    tempered = torch.softmax(rows / 2.0, -1).scatter(1, entries.ids, 0.0)
+    expected = m * tempered / tempered.sum(-1, keepdim=True)
+    counts = torch.zeros_like(expected).scatter_add_(1, entries.samples, torch.ones(entries.samples.shape))
+    assert ((counts >= expected.floor() - 1e-4) & (counts <= expected.ceil() + 1e-4)).all()
+    independent = teacher_topk(rows, 4, 2.0, uniforms, systematic=False).samples
+    counts = torch.zeros_like(expected).scatter_add_(1, independent, torch.ones(independent.shape))
+    assert not ((counts >= expected.floor() - 1e-4) & (counts <= expected.ceil() + 1e-4)).all()
+
+
 def test_tail_samples_at_k_equal_to_vocabulary_are_kd_loss():
     student, teacher, labels = batch()
     mask, _ = select_targets(labels)

@@ -46,11 +46,17 @@ class TopKEntries(NamedTuple):
     tail_negentropy: Tensor | None = None  # [N] sum over the tail of P_j log P_j (tempered), with samples
 
 
-def teacher_topk(teacher_logits: Tensor, k: int, temperature: float, uniforms: Tensor | None = None) -> TopKEntries:
+def teacher_topk(teacher_logits: Tensor, k: int, temperature: float, uniforms: Tensor | None = None,
+                systematic: bool = True) -> TopKEntries:
     """What the cache stores for rows of teacher logits [N, V] (fp32 results); with `uniforms`
-    ([N, m] in [0, 1)), also m ids drawn from the tempered teacher's tail (the ids outside the top k;
-    inverse CDF, so each row's draws depend on its own uniforms only), and the tail's share of the
-    tempered teacher's negative entropy (for the KL's value)."""
+    ([N, m] in [0, 1)), also m ids drawn from the tempered teacher's tail (the ids outside the top k),
+    and the tail's share of the tempered teacher's negative entropy (for the KL's value).
+
+    The draws are systematic: one offset u (a row's first uniform) and the m evenly spaced points
+    (u + i) / m on the tail's CDF. Each id is still drawn m P_j / P_tail times on average (unbiased),
+    but an id with that expectation above 1 is drawn its floor or ceiling, never by luck (README,
+    "Teacher cache", measures it against independent draws: `systematic=False`, one per uniform).
+    Each row's draws depend on its own uniforms only."""
     logprobs = F.log_softmax(teacher_logits.float(), dim=-1)
     top, ids = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1, sorted=True)
     tail = (logprobs / temperature).scatter(1, ids, -math.inf).logsumexp(-1)
@@ -61,7 +67,10 @@ def teacher_topk(teacher_logits: Tensor, k: int, temperature: float, uniforms: T
     negentropy = torch.where(weights > 0, weights * tempered, 0.0).sum(-1)
     weights[weights.sum(-1) <= 0] = 1.0  # no tail (k = V): any ids, weighed by a tail mass of 0
     cumulative = weights.cumsum_(-1)
-    drawn = torch.searchsorted(cumulative, uniforms.to(cumulative) * cumulative[:, -1:], right=True)
+    m, points = uniforms.shape[-1], uniforms.to(cumulative)
+    if systematic:
+        points = (points[:, :1] + torch.arange(m, device=cumulative.device)) / m
+    drawn = torch.searchsorted(cumulative, points * cumulative[:, -1:], right=True)
     return TopKEntries(top, ids, tail, drawn.clamp_(max=weights.shape[-1] - 1), negentropy)
 
 

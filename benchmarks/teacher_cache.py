@@ -16,6 +16,7 @@ finetuner.data.preparing.prepare. Each contender runs in its own process (this s
 Wall times are of trainer.train() (and of the build), not of loading the student.
 
     python benchmarks/teacher_cache.py --quality-only --samples 24   # a few minutes on 2 cores
+    python benchmarks/teacher_cache.py --quality-only --sweep --samples 24   # other splits of 392 bytes, T 2
 
 reports only the quality of the cached objective against the full-logit one (no timings), for the
 old default (top-64, the tail as one bucket), top-32 plus TAIL_SAMPLES independent draws from the tempered
@@ -57,6 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--student-layers", type=int, default=15)
     p.add_argument("--output", type=Path, help="results JSON (default benchmarks/results/teacher_cache-DATE.json)")
     p.add_argument("--quality-only", action="store_true", help="only the cached objective's quality (no timings)")
+    p.add_argument("--sweep", action="store_true", help="with --quality-only: other splits of 392 bytes, at T 2 only")
     p.add_argument("--contender", help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -220,6 +222,8 @@ SCHEMES = {"old default: top-64, tail bucket": (64, 0, False),
            "top-32 + 128 independent tail draws (previous default)": (32, 128, False),
            "top-32 + 128 systematic tail draws": (32, 128, True),
            "new default: top-8 + 176 systematic tail draws": (8, None, True)}
+# The same 392 bytes split otherwise (--sweep): fewer exact ids, more draws.
+SWEEP = {"top-16 + 160 systematic tail draws": (16, 160, True), "top-1 + 190 systematic tail draws": (1, 190, True)}
 
 
 def run_quality(args, out: str) -> dict:
@@ -255,8 +259,8 @@ def run_quality(args, out: str) -> dict:
             mask, _ = select_targets(batch["labels"])
             batches.append((s_hidden, t_hidden, batch["labels"], t_head(t_hidden[:, :-1][mask])[:, :vocab].float()))
     results = []
-    for temperature in (1.0, 2.0):
-        for name, (k, samples, systematic) in SCHEMES.items():
+    for temperature in (2.0,) if args.sweep else (1.0, 2.0):
+        for name, (k, samples, systematic) in (SWEEP if args.sweep else SCHEMES).items():
             samples = topk_cache.TAIL_SAMPLES if samples is None else samples
             full_kl = cached_kl = kept = count = 0.0
             grads = {alpha: ([], []) for alpha in (0.0, cfg.alpha)}
@@ -337,7 +341,8 @@ def main(argv=None) -> None:
     started = time.perf_counter()
     if args.quality_only:
         date = datetime.date.today().isoformat()
-        output = args.output or ROOT / "benchmarks" / "results" / f"teacher_cache-quality-{date}.json"
+        name = "teacher_cache-quality-sweep" if args.sweep else "teacher_cache-quality"
+        output = args.output or ROOT / "benchmarks" / "results" / f"{name}-{date}.json"
         with tempfile.TemporaryDirectory(prefix="teacher-cache-quality-") as out:
             doc = {"date": date, "machine": f"{os.cpu_count()} CPU cores, no GPU",
                    "command": "python benchmarks/teacher_cache.py " + " ".join(sys.argv[1:]),

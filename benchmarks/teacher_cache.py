@@ -41,6 +41,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from finetuner.config import RunConfig  # noqa: E402
 
 K_VALUES = (8, 16, 32, 64, 128, 256)
 STUDY_ROWS = 8
@@ -52,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--top-k", type=int, default=64)
+    p.add_argument("--top-k", type=int, default=RunConfig.teacher_top_k, help="k of the cache timed (default: finetuner's)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--teacher", default=None, help="another teacher (a smoke test on a tiny model)")
     p.add_argument("--student-layers", type=int, default=15)
@@ -101,7 +102,7 @@ def run_contender(name: str, args) -> dict:
         if name == "plain":
             tokenizer = models.load_tokenizer(cfg.student)
             data = training.prepare_data(cfg, tokenizer)
-            student = students.build(recipe, data.train, make_collator(tokenizer), Path(out))
+            student, _ = students.build(recipe, data.train, make_collator(tokenizer), Path(out))
             trainer = Trainer(model=student, args=arguments.training_arguments(cfg, Path(out)),
                               train_dataset=data.train, data_collator=make_collator(tokenizer),
                               processing_class=tokenizer)

@@ -37,6 +37,7 @@ class Measured:
     spread: float = 1.0  # the slowest training timing over the fastest
     decode_step_seconds: float | None = None  # one step decoding `decode_rows` rows with the trained model
     decode_rows: int = 0
+    decode_one_seconds: float | None = None  # one step decoding a single row (the draft, a chat)
 
 
 def fastest(timing, least: int = TIMINGS[0], most: int = TIMINGS[1],
@@ -96,12 +97,15 @@ def measure(cfg: RunConfig, recipe: Recipe, data, tokenizer, decode_rows: int = 
         return time.perf_counter() - clock
 
     optimizer_seconds, _ = fastest(optimizer_step, budget=0.0)
-    decode = _decode_step_seconds(student, data.train, tokenizer, decode_rows) if decode_rows else None
-    return Measured(rate, optimizer_seconds, slowest / seconds, decode, decode_rows)
+    decode, one = _decode_step_seconds(student, data.train, tokenizer, decode_rows) if decode_rows else (None, None)
+    return Measured(rate, optimizer_seconds, slowest / seconds, decode, decode_rows, one)
 
 
-def _decode_step_seconds(model, train, tokenizer, rows: int) -> float:
-    """One greedy decoding step for `rows` prompts of about the median length (the fastest of several)."""
+def _decode_step_seconds(model, train, tokenizer, rows: int) -> tuple[float, float]:
+    """One greedy decoding step for `rows` prompts of about the median length, and for one prompt:
+    the fastest of several timings of prefill + 1 + DECODE_TOKENS tokens, less the fastest of prefill
+    + 1. A timing that counted the prefill made each step 1.75x too dear (the prefill is paid once
+    per answer, not per token)."""
     from finetuner import generation
 
     lengths = sorted(range(len(train)), key=lambda i: len(train[i]["input_ids"]))
@@ -111,14 +115,18 @@ def _decode_step_seconds(model, train, tokenizer, rows: int) -> float:
     pad = generation.pad_id(tokenizer)
     model.eval()
 
-    def decode(new_tokens: int) -> float:
+    def decode(count: int, new_tokens: int) -> float:
         clock = time.perf_counter()
-        generation.generate(model, [prompt] * rows, new_tokens, pad, min_new_tokens=new_tokens)
+        generation.generate(model, [prompt] * count, new_tokens, pad, min_new_tokens=new_tokens)
         return time.perf_counter() - clock
 
-    decode(2)  # generate's one-off setup
-    seconds, _ = fastest(lambda: decode(DECODE_TOKENS), budget=TIMING_BUDGET_S / 2)
-    return seconds / DECODE_TOKENS
+    def step(count: int) -> float:
+        decode(count, 2)  # generate's one-off setup for these shapes
+        prefill, _ = fastest(lambda: decode(count, 1), budget=TIMING_BUDGET_S / 8)
+        whole, _ = fastest(lambda: decode(count, 1 + DECODE_TOKENS), budget=TIMING_BUDGET_S / 4)
+        return max(whole - prefill, whole / (4 * (1 + DECODE_TOKENS))) / DECODE_TOKENS
+
+    return step(rows), step(1)
 
 
 class ProbeSkipped(Exception):

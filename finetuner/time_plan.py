@@ -4,8 +4,9 @@ and their total (what follows "Start?"; the checks and the probe have already ru
 
 Every phase is counted work over a rate. Training and forward passes: FLOPs counted the way
 `Recipe.training_flops` counts them, over the rate a probe step measured on this machine (probe.py).
-Decoding (a local teacher writing, the benchmark's answers): decoding steps x the time of one step,
-measured on the trained model and scaled by parameters for the others (on a CPU a decoding step
+Decoding (a local teacher writing, the benchmark's answers, the draft): decoding steps x the time of
+one step at that many rows (between the probe's one-row and batch timings), measured on the trained
+model and scaled by parameters for the others (on a CPU a decoding step
 reads every weight once: the 134.5M built-in teacher decoded at 1.65x the time of its 81.4M
 student, for 1.65x the parameters). Where no probe runs, rates calibrated on one 2-core CPU stand in,
 and the plan says which.
@@ -27,9 +28,9 @@ from finetuner.recipe import Recipe
 # about 1.05 TFLOP a step by the count in `training_flops`, so 278 GFLOP/s, 139 per thread.
 CPU_FLOPS_PER_CORE = 139e9
 CALIBRATION = "calibrated on another 2-core CPU, not measured here"
-# One fp32 decoding step of 8 rows, per parameter: the built-in teacher (134.5M) decoded 38.5
-# tokens/s at 8 rows on 2 cores (README, Quick start): 0.21 s a step.
-DECODE_SECONDS_PER_PARAM = 8 / 38.5 / 134.5e6
+# One fp32 decoding step per parameter: the built-in teacher (134.5M) decoded 38.5 tokens/s at 8 rows
+# on 2 cores (0.21 s a step), and 12.6 one row at a time (0.079 s; README, Quick start).
+DECODE_ROWS, DECODE_SECONDS_PER_PARAM, DECODE_ONE_SECONDS_PER_PARAM = 8, 8 / 38.5 / 134.5e6, 1 / 12.6 / 134.5e6
 # The built-in's first use dequantises its GGUF and saves it: about 20 s for 135M parameters.
 CONVERT_SECONDS_PER_PARAM = 20 / 134.5e6
 LOAD_BYTES_PER_SECOND = 1e9  # reading fp32 safetensors from a local disk, with their page-cache copy
@@ -47,9 +48,20 @@ class Phase:
 class Rates:
     flops_per_second: float | None
     optimizer_seconds: float
-    decode_seconds_per_param: float | None  # one decoding step of a batch, per parameter of the model
+    decode_seconds_per_param: float | None  # one decoding step of `decode_rows` rows, per parameter of the model
     how: str
     notes: tuple[str, ...] = ()
+    decode_rows: int = 1  # and decode_one_seconds_per_param: the same for a single row
+    decode_one_seconds_per_param: float | None = None
+
+    def decode_seconds(self, params: float, rows: int) -> float:
+        """One decoding step of `rows` rows: linear between the one-row and the batch timings (a
+        step reads every weight once, then each row adds its compute)."""
+        batch = self.decode_seconds_per_param * params
+        if self.decode_one_seconds_per_param is None or self.decode_rows <= 1:
+            return batch
+        one = self.decode_one_seconds_per_param * params
+        return max(one + (batch - one) * (rows - 1) / (self.decode_rows - 1), 0.0)
 
 
 @dataclass(frozen=True)
@@ -169,7 +181,7 @@ def generation(cfg: RunConfig, pre, rates: Rates) -> Phase | None:
     if rates.decode_seconds_per_param is None:
         return Phase("teacher generation", None, "not estimated: no decoding rate here")
     steps = math.ceil(prompts / cfg.generation_batch_size) * cfg.generation_max_new_tokens
-    seconds = steps * rates.decode_seconds_per_param * _params(cfg.teacher)
+    seconds = steps * rates.decode_seconds(_params(cfg.teacher), min(prompts, cfg.generation_batch_size))
     return Phase("teacher generation", seconds, f"{prompts} responses of up to {cfg.generation_max_new_tokens} "
                                                 f"tokens, {cfg.generation_batch_size} at a time")
 
@@ -213,6 +225,7 @@ def benchmark(cfg: RunConfig, recipe: Recipe, data, rates: Rates) -> Phase | Non
     from finetuner.benchmark import speculative, speed
     from finetuner.benchmark.cost import SPEED_TOKENS
     from finetuner.benchmark.measure import ANSWER_BATCH
+    from finetuner.benchmark.run import SPEED_BATCH
 
     if not (cfg.benchmark and applies("benchmark", cfg)) or data.format.kind == "text":
         return None
@@ -227,15 +240,16 @@ def benchmark(cfg: RunConfig, recipe: Recipe, data, rates: Rates) -> Phase | Non
         compared.append(teacher)
     if recipe.distils and cfg.sft_baseline:
         compared.append(trained)
+    answer_steps = math.ceil(prompts / ANSWER_BATCH) * cfg.max_new_tokens + 2
     speed_steps = speed.REPEATS * min(cfg.max_new_tokens, SPEED_TOKENS)  # best of alternate timings
-    steps = math.ceil(prompts / ANSWER_BATCH) * cfg.max_new_tokens + speed_steps + 2
     reference_tokens = prompts * cfg.max_length / 2
-    seconds = sum(steps * rates.decode_seconds_per_param * params
+    seconds = sum(answer_steps * rates.decode_seconds(params, min(prompts, ANSWER_BATCH))
+                  + speed_steps * rates.decode_seconds(params, SPEED_BATCH)
                   + 2 * params * reference_tokens / rates.flops_per_second + params * 4 / LOAD_BYTES_PER_SECOND
                   for params in compared)
     if len(compared) > 2 and _drafts(cfg, recipe):  # the teacher alone, then with the student drafting
         draft_steps = speculative.PROMPTS * speculative.REPEATS * min(cfg.max_new_tokens, speculative.MAX_NEW_TOKENS)
-        seconds += draft_steps * rates.decode_seconds_per_param * (2 * compared[2] + trained)
+        seconds += draft_steps * (2 * rates.decode_seconds(compared[2], 1) + rates.decode_seconds(trained, 1))
     return Phase("benchmark", seconds, f"{len(compared)} models x {prompts} answers x up to "
                                        f"{cfg.max_new_tokens} tokens")
 
@@ -255,19 +269,23 @@ def calibrated(why: str) -> Rates:
     if torch.cuda.is_available():
         return Rates(None, 0.0, None, f"not estimated: {why}")
     rate = CPU_FLOPS_PER_CORE * torch.get_num_threads()
-    return Rates(rate, 0.0, DECODE_SECONDS_PER_PARAM, f"{CALIBRATION} ({why}){busy_note()}")
+    return Rates(rate, 0.0, DECODE_SECONDS_PER_PARAM, f"{CALIBRATION} ({why}){busy_note()}",
+                 decode_rows=DECODE_ROWS, decode_one_seconds_per_param=DECODE_ONE_SECONDS_PER_PARAM)
 
 
 def measured_rates(measured, trained_params: int, on_policy_note: str = "") -> Rates:
     """Rates from a probe (`probe.Measured`); a note when its timings disagreed widely."""
-    decode = measured.decode_step_seconds / trained_params if measured.decode_step_seconds else \
-        DECODE_SECONDS_PER_PARAM
+    if measured.decode_step_seconds:
+        decode, rows = measured.decode_step_seconds / trained_params, measured.decode_rows
+        one = measured.decode_one_seconds / trained_params if measured.decode_one_seconds else None
+    else:
+        decode, rows, one = DECODE_SECONDS_PER_PARAM, DECODE_ROWS, DECODE_ONE_SECONDS_PER_PARAM
     notes = ()
     if measured.spread > SPREAD_NOTE:
         notes = (f"the probe's timings varied {measured.spread:.1f}x (another process may be using the machine); "
                  "the estimate takes the fastest, so expect longer while the machine stays busy",)
     how = f"measured: a probe step here ran {measured.flops_per_second / 1e9:.0f} GFLOP/s{on_policy_note}"
-    return Rates(measured.flops_per_second, measured.optimizer_seconds, decode, how, notes)
+    return Rates(measured.flops_per_second, measured.optimizer_seconds, decode, how, notes, rows, one)
 
 
 def busy_note() -> str:

@@ -26,6 +26,7 @@ def test_probe_times_a_distillation_step_and_the_plan_says_it_measured(tiny_llam
     measured = probe.measure(cfg, pre.recipe, pre.data, pre.tokenizer, decode_rows=4)
     assert measured.flops_per_second > 0 and measured.optimizer_seconds > 0
     assert measured.decode_step_seconds > 0 and measured.spread >= 1.0 and measured.decode_rows == 4
+    assert 0 < measured.decode_one_seconds
     estimate = plan.estimate(cfg, pre)
     assert estimate.how.startswith("measured: a probe step here ran") and estimate.seconds > 0
     facts = dict(plan.derived_facts(cfg, pre, estimate))
@@ -128,6 +129,17 @@ def test_the_probe_keeps_the_fastest_of_several_timings_and_says_when_they_disag
     note = time_plan.measured_rates(busy, 10**8).notes[0]
     assert "varied 2.4x" in note and "fastest" in note
     assert time_plan.measured_rates(busy, 10**8).decode_seconds_per_param == pytest.approx(0.1 / 10**8)
+
+
+def test_a_decoding_step_costs_by_its_rows_between_the_one_row_and_the_batch_timings():
+    """The draft and the speed timings decode fewer rows than the answers: each stage is costed at its
+    own rows, not at the batch's (which put the Quick start's benchmark at 2.8x its measured time)."""
+    measured = probe.Measured(1e11, 0.01, decode_step_seconds=0.2, decode_rows=20, decode_one_seconds=0.05)
+    rates = time_plan.measured_rates(measured, 10**8)
+    assert rates.decode_seconds(10**8, 20) == pytest.approx(0.2)
+    assert rates.decode_seconds(10**8, 1) == pytest.approx(0.05)
+    assert rates.decode_seconds(2 * 10**8, 1) == pytest.approx(0.1)  # scaled by parameters
+    assert 0.05 < rates.decode_seconds(10**8, 8) < 0.2
 
 
 def test_a_fine_tuning_plan_names_no_teacher(tiny_gpt2, monkeypatch):

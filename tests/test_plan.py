@@ -133,7 +133,7 @@ def test_the_probe_keeps_the_fastest_of_several_timings_and_says_when_they_disag
 
 def test_a_decoding_step_costs_by_its_rows_between_the_one_row_and_the_batch_timings():
     """The draft and the speed timings decode fewer rows than the answers: each stage is costed at its
-    own rows, not at the batch's (which put the Quick start's benchmark at 2.8x its measured time)."""
+    own rows, not at the batch's (the Quick start's benchmark was planned at 2.8x its measured time)."""
     measured = probe.Measured(1e11, 0.01, decode_step_seconds=0.2, decode_rows=20, decode_one_seconds=0.05)
     rates = time_plan.measured_rates(measured, 10**8)
     assert rates.decode_seconds(10**8, 20) == pytest.approx(0.2)

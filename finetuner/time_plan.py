@@ -28,8 +28,7 @@ from finetuner.recipe import Recipe
 # about 1.05 TFLOP a step by the count in `training_flops`, so 278 GFLOP/s, 139 per thread.
 CPU_FLOPS_PER_CORE = 139e9
 CALIBRATION = "calibrated on another 2-core CPU, not measured here"
-# One fp32 decoding step per parameter: the built-in teacher (134.5M) decoded 38.5 tokens/s at 8 rows
-# on 2 cores (0.21 s a step), and 12.6 one row at a time (0.079 s; README, Quick start).
+# One fp32 decoding step per parameter: the built-in teacher (134.5M) decoded 38.5 tokens/s at 8 rows, 12.6 at one (README).
 DECODE_ROWS, DECODE_SECONDS_PER_PARAM, DECODE_ONE_SECONDS_PER_PARAM = 8, 8 / 38.5 / 134.5e6, 1 / 12.6 / 134.5e6
 # The built-in's first use dequantises its GGUF and saves it: about 20 s for 135M parameters.
 CONVERT_SECONDS_PER_PARAM = 20 / 134.5e6
@@ -223,9 +222,8 @@ def benchmark(cfg: RunConfig, recipe: Recipe, data, rates: Rates) -> Phase | Non
     """Each model compared answers every benchmarked prompt, max_new_tokens steps a batch, and its
     decoding speed is measured on one more batch; a forward over the references gives perplexity."""
     from finetuner.benchmark import speculative, speed
-    from finetuner.benchmark.cost import SPEED_TOKENS
+    from finetuner.benchmark.cost import SPEED_BATCH, SPEED_TOKENS
     from finetuner.benchmark.measure import ANSWER_BATCH
-    from finetuner.benchmark.run import SPEED_BATCH
 
     if not (cfg.benchmark and applies("benchmark", cfg)) or data.format.kind == "text":
         return None
@@ -255,9 +253,11 @@ def benchmark(cfg: RunConfig, recipe: Recipe, data, rates: Rates) -> Phase | Non
 
 
 def _drafts(cfg: RunConfig, recipe: Recipe) -> bool:
-    """The speculative benchmark will run: asked for, or (auto) a student derived from its teacher."""
-    return cfg.speculative_benchmark == "true" or (cfg.speculative_benchmark == "auto"
-                                                   and recipe.trained == recipe.teacher)
+    """The speculative benchmark will run (its own rule): the teacher's weights are here, and the tokenizers
+    are surely shared when the student is derived from its teacher or learns from its logits."""
+    from finetuner.benchmark import speculative
+    same = recipe.trained == recipe.teacher or cfg.distillation_mode != "responses"
+    return speculative.when(cfg.speculative_benchmark, True, same) is None
 
 
 # ---- the rates --------------------------------------------------------------------------------

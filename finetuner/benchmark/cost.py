@@ -9,6 +9,7 @@ from pathlib import Path
 from finetuner.benchmark.answers import answer_prompts
 
 SPEED_TOKENS = 64  # new tokens per row when timing decoding (at most max_new_tokens)
+SPEED_BATCH = 8  # rows decoded at once when timing (the table's "Tok/s": one batch of 8)
 
 
 def decoding_speed(model, tokenizer, prompts: list, new_tokens: int, batch_size: int) -> float:

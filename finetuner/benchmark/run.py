@@ -15,8 +15,6 @@ from finetuner.benchmark.measure import ModelResult, evaluate, evaluate_answers
 from finetuner.benchmark.progress import BenchmarkProgress
 from finetuner.benchmark.tables import show
 
-SPEED_BATCH = 8  # rows decoded at once when timing (the table's "Tok/s": one batch of 8)
-
 
 def read_heldout(out_dir: str | Path, limit: int) -> list[dict]:
     rows = artifacts.read_heldout(Path(out_dir))[:limit]
@@ -96,7 +94,7 @@ def _time(cfg, heldout: list[dict], models: list[tuple], results: list[ModelResu
     prompts = [row.get("messages") or row["prompt"] for row in heldout]
     advance = progress.stage(f"Timing {len(entries)} models alternately, best of {speed.REPEATS}",
                              len(entries) * speed.REPEATS)
-    timed = speed.time_alternately(entries, prompts, min(cfg.max_new_tokens, cost.SPEED_TOKENS), SPEED_BATCH,
+    timed = speed.time_alternately(entries, prompts, min(cfg.max_new_tokens, cost.SPEED_TOKENS), cost.SPEED_BATCH,
                                    on_timing=advance)
     for result in results:
         if result.label in timed:
